@@ -1,0 +1,1 @@
+"""data of the collection (see common/__init__.py)."""

@@ -1,0 +1,1 @@
+"""engines of the collection (see common/__init__.py)."""

@@ -1,0 +1,1 @@
+"""losses of the collection (see common/__init__.py)."""

@@ -1,0 +1,1 @@
+"""masking of the collection (see common/__init__.py)."""

@@ -1,0 +1,1 @@
+"""networks of the collection (see common/__init__.py)."""

@@ -1,0 +1,1 @@
+"""transforms of the collection (see common/__init__.py)."""
