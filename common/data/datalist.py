@@ -1,0 +1,139 @@
+"""Datalists: one function turns "the user's data, whatever form it takes" into MONAI data dicts.
+
+Three sources, in order of precedence:
+
+1. ``datalist``: a MONAI decathlon-style JSON; entries name their modalities either by key
+   (``{"t1": ..., "t2": ...}``) or as a list (``{"image": [t1, t1ce, t2, flair]}``, in ``modalities`` order);
+2. ``dataset_dir``: its ``datalist.json`` if present, else a BraTS-layout folder (one sub-folder per subject,
+   files ``<subject>_<suffix>.nii.gz``; BraTS 2020/21 and 2023 suffixes are both recognised);
+3. neither: the embedded demo set, built on first use into a cache folder (``common.data.demo``).
+
+Every entry comes back with absolute paths, the per-modality keys, an ``image`` list in ``modalities`` order
+(only the modalities present), and ``subject_id``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BRATS_SUFFIXES", "resolve_datalist", "scan_brats_folder", "load_datalist_json"]
+
+# file-name suffixes of each modality in BraTS releases (2018-2021 first, 2023 second)
+BRATS_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "t1": ("t1", "t1n"),
+    "t1ce": ("t1ce", "t1c"),
+    "t2": ("t2", "t2w"),
+    "flair": ("flair", "t2f"),
+    "label": ("seg",),
+}
+_NIFTI = (".nii.gz", ".nii")
+
+
+def _absolute(value: Any, base: Path) -> Any:
+    if isinstance(value, str) and value and not os.path.isabs(value):
+        return str(base / value)
+    if isinstance(value, list):
+        return [_absolute(v, base) for v in value]
+    return value
+
+
+def _normalise_entry(entry: dict, modalities: Sequence[str], base: Path, path_keys: Sequence[str], index: int, source: str) -> dict:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{source}: entry {index} is a {type(entry).__name__}, expected an object with image paths")
+    out = dict(entry)
+    images = out.get("image")
+    if isinstance(images, list) and not any(m in out for m in modalities):
+        if len(images) != len(modalities):
+            raise ValueError(
+                f"{source}: entry {index} lists {len(images)} images but the bundle expects {len(modalities)} "
+                f"modalities {list(modalities)}; name them by key instead (e.g. {{\"t1\": ...}}) if some are missing"
+            )
+        out.update(dict(zip(modalities, images)))
+    for key in [*modalities, *path_keys]:
+        if key in out:
+            out[key] = _absolute(out[key], base)
+    out["image"] = [out[m] for m in modalities if m in out]
+    out.setdefault("subject_id", Path(out["image"][0]).name.split(".")[0] if out["image"] else f"case_{index}")
+    return out
+
+
+def load_datalist_json(path: str | os.PathLike, split: str, modalities: Sequence[str],
+                       path_keys: Sequence[str] = ("label",), base_dir: str | None = None) -> list[dict]:
+    """Entries of ``split`` in a decathlon-style JSON, normalised (see module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"datalist {path} does not exist")
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"datalist {path} is not valid JSON: {e}") from e
+    if split not in content:
+        raise KeyError(f"datalist {path} has no '{split}' list (it has: {sorted(k for k, v in content.items() if isinstance(v, list))})")
+    base = Path(base_dir) if base_dir else path.parent
+    return [_normalise_entry(e, modalities, base, path_keys, i, str(path)) for i, e in enumerate(content[split])]
+
+
+def _find(folder: Path, subject: str, suffixes: Sequence[str]) -> str | None:
+    for suffix in suffixes:
+        for ext in _NIFTI:
+            for name in (f"{subject}_{suffix}{ext}", f"{subject}-{suffix}{ext}"):
+                if (folder / name).is_file():
+                    return str(folder / name)
+    return None
+
+
+def scan_brats_folder(dataset_dir: str | os.PathLike, modalities: Sequence[str], with_label: bool = False) -> list[dict]:
+    """One entry per subject folder of a BraTS-layout dataset; subjects missing a modality are reported, not skipped."""
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset_dir {root} is not a folder")
+    entries, problems = [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        entry: dict[str, Any] = {"subject_id": folder.name}
+        for m in [*modalities, *(["label"] if with_label else [])]:
+            found = _find(folder, folder.name, BRATS_SUFFIXES.get(m, (m,)))
+            if found is None:
+                problems.append(f"{folder}: no {m} file ({' or '.join(f'{folder.name}_{s}.nii.gz' for s in BRATS_SUFFIXES.get(m, (m,)))})")
+            else:
+                entry[m] = found
+        entries.append(entry)
+    if not entries:
+        raise FileNotFoundError(f"dataset_dir {root} has no subject folders (expected BraTS layout <subject>/<subject>_t1.nii.gz ...)")
+    if problems:
+        raise FileNotFoundError(f"{len(problems)} missing files in {root}:\n" + "\n".join(problems))
+    return [_normalise_entry(e, modalities, root, ("label",), i, str(root)) for i, e in enumerate(entries)]
+
+
+def resolve_datalist(
+    dataset_dir: str | None = None,
+    datalist: str | None = None,
+    modalities: Sequence[str] = ("t1", "t1ce", "t2", "flair"),
+    split: str = "training",
+    with_label: bool = False,
+    demo: dict | None = None,
+) -> list[dict]:
+    """Data dicts for ``split`` from a datalist, a dataset folder, or the embedded demo set.
+
+    Args:
+        dataset_dir: folder with a ``datalist.json`` or in BraTS layout; ``None``/``""`` for the demo set.
+        datalist: decathlon-style JSON (paths relative to it, or to ``dataset_dir`` when that is given too).
+        modalities: modality keys, in channel order.
+        split: list to read from a JSON (``training``, ``validation``, ``testing``). A scanned BraTS folder has
+            no splits: every subject is returned for ``training`` and none for other splits.
+        with_label: a scanned folder must also hold ``<subject>_seg.nii.gz``.
+        demo: keyword arguments of ``common.data.demo.demo_datalist`` for the demo set (e.g. ``num_cases``).
+    """
+    if datalist:
+        return load_datalist_json(datalist, split, modalities, base_dir=dataset_dir or None)
+    if dataset_dir:
+        candidate = Path(dataset_dir) / "datalist.json"
+        if candidate.is_file():
+            return load_datalist_json(candidate, split, modalities)
+        return scan_brats_folder(dataset_dir, modalities, with_label) if split == "training" else []
+    from common.data.demo import demo_datalist  # builds on first use only
+
+    return load_datalist_json(demo_datalist(**(demo or {})), split, modalities)

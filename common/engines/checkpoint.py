@@ -1,0 +1,190 @@
+"""Atomic checkpoints with automatic resume.
+
+Why not MONAI's ``CheckpointSaver`` / ``CheckpointLoader``: in MONAI 1.6.1 the saver writes through ignite's
+``DiskSaver(atomic=False)`` (a crash mid-write leaves a truncated file under the final name), and the loader
+needs an explicit path and fails on a corrupt file instead of falling back to the previous checkpoint. This
+handler writes ``checkpoint_epoch=N.pt`` to a temporary file, fsyncs and renames it, keeps the newest
+``n_saved``, and at start-up resumes from the newest one that loads (``weights_only=True``), warning about any
+it had to skip. It also stores the global RNG states, so a resumed run draws what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+
+from common.engines.trainer import unwrap
+
+__all__ = ["atomic_save", "safe_load", "rng_state", "set_rng_state", "ResumableCheckpoint"]
+
+logger = logging.getLogger(__name__)
+_CKPT = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """Load a checkpoint with ``weights_only=True`` (no code in a checkpoint ever runs)."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and CUDA) generator states as tensors and plain containers."""
+    np_state = np.random.get_state()
+    state = {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _RNG:
+    """Adapter so the RNG states travel through the same ``state_dict`` path as everything else."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return rng_state()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        set_rng_state(state)
+
+
+def _is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+class ResumableCheckpoint:
+    """Save training state every ``save_interval`` epochs, resume from the newest valid one, write the final model.
+
+    Args:
+        save_dir: folder of ``checkpoint_epoch=N.pt`` files.
+        save_dict: objects with ``state_dict``/``load_state_dict`` to store, e.g.
+            ``{"network": net, "optimizer": opt, "lr_scheduler": sched, "trainer": trainer}``. DDP wrappers are
+            unwrapped, so keys never carry ``module.``. The trainer entry restores epoch and iteration.
+        final_path: where the network's plain ``state_dict`` goes when training completes (e.g. ``models/model.pt``).
+        final_key: which ``save_dict`` entry is "the network" for ``final_path``.
+        extra_final: optional further entries for the final file, as ``{name: module}``, stored under
+            ``<name>.<key>`` (e.g. the BrainMVP templates).
+        save_interval: epochs between checkpoints.
+        n_saved: how many checkpoints to keep (oldest deleted first).
+        resume: look for a checkpoint at start-up.
+
+    Only the main process (rank 0) writes; every process resumes from the same file.
+    """
+
+    def __init__(
+        self,
+        save_dir: str,
+        save_dict: Mapping[str, Any],
+        final_path: str | None = None,
+        final_key: str = "network",
+        extra_final: Mapping[str, Any] | None = None,
+        save_interval: int = 1,
+        n_saved: int = 2,
+        resume: bool = True,
+    ) -> None:
+        if save_interval < 1 or n_saved < 1:
+            raise ValueError(f"save_interval and n_saved must be >= 1, got {save_interval} and {n_saved}")
+        self.save_dir = Path(save_dir)
+        self.save_dict = {**save_dict, "rng": _RNG()}
+        self.final_path = final_path
+        self.final_key = final_key
+        self.extra_final = dict(extra_final or {})
+        self.save_interval = save_interval
+        self.n_saved = n_saved
+        self.resume = resume
+        self.resumed_from: Path | None = None
+
+    def attach(self, engine: Engine) -> None:
+        if self.resume:
+            engine.add_event_handler(Events.STARTED, self.load_latest)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
+        if self.final_path:
+            engine.add_event_handler(Events.COMPLETED, self.save_final)
+
+    def checkpoints(self) -> list[Path]:
+        """Existing checkpoints, newest first."""
+        found = [(int(m.group(1)), p) for p in self.save_dir.glob("checkpoint_epoch=*.pt") if (m := _CKPT.search(p.name))]
+        return [p for _, p in sorted(found, reverse=True)]
+
+    def save(self, engine: Engine) -> None:
+        if not _is_main_process():
+            return
+        state = {k: unwrap(v).state_dict() if isinstance(v, torch.nn.Module) else v.state_dict() for k, v in self.save_dict.items()}
+        path = self.save_dir / f"checkpoint_epoch={engine.state.epoch}.pt"
+        atomic_save(state, path)
+        for old in self.checkpoints()[self.n_saved :]:
+            old.unlink(missing_ok=True)
+        logger.info(f"saved checkpoint {path}")
+
+    def save_final(self, engine: Engine) -> None:
+        if not _is_main_process():
+            return
+        state = dict(unwrap(self.save_dict[self.final_key]).state_dict())
+        for name, module in self.extra_final.items():
+            state.update({f"{name}.{k}": v for k, v in unwrap(module).state_dict().items()})
+        atomic_save(state, self.final_path)
+        logger.info(f"saved final model {self.final_path}")
+
+    def load_latest(self, engine: Engine) -> None:
+        for path in self.checkpoints():
+            try:
+                state = safe_load(path)
+                missing = sorted(set(self.save_dict) - set(state))
+                if missing:
+                    raise KeyError(f"entries {missing} missing")
+            except Exception as e:  # a truncated or foreign file: fall back to the previous checkpoint
+                logger.warning(f"skipping checkpoint {path}: cannot be loaded ({type(e).__name__}: {e}); trying the previous one")
+                continue
+            for key, obj in self.save_dict.items():
+                if isinstance(obj, Engine):
+                    max_epochs = engine.state.max_epochs  # the configured length wins, so a run can be extended
+                    obj.load_state_dict(state[key])
+                    obj.state.max_epochs = max_epochs
+                else:
+                    (unwrap(obj) if isinstance(obj, torch.nn.Module) else obj).load_state_dict(state[key])
+            self.resumed_from = path
+            logger.info(f"resumed from {path} (epoch {engine.state.epoch}, iteration {engine.state.iteration})")
+            return
+        logger.info(f"no checkpoint to resume from in {self.save_dir}: starting from scratch")

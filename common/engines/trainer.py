@@ -1,0 +1,186 @@
+"""A MONAI trainer for self-supervised methods whose network returns several named loss terms.
+
+Why not ``SupervisedTrainer``: it computes one ``loss_function(pred, label)``; pre-training networks compute
+their own terms (reconstruction, Barlow Twins, contrastive, distillation) from inputs alone. Why not MONAI's
+``AdversarialTrainer``: it assumes an autoencoder whose only generator losses are a reconstruction and an
+adversarial loss. This trainer weights and sums every ``loss_*`` entry the network returns, adds an optional
+adversarial term from a discriminator with its own optimiser, and keeps MONAI's engine machinery (events,
+handlers, metrics, DDP-friendly data loading) unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+from monai.engines import Trainer
+from monai.engines.utils import IterationEvents, default_prepare_batch
+from torch.nn.parallel import DistributedDataParallel
+
+from common.losses.adversarial import discriminator_loss, generator_adversarial_loss
+
+__all__ = ["SelfSupervisedTrainer", "unwrap"]
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside ``DataParallel`` / ``DistributedDataParallel``, or the module itself."""
+    return module.module if isinstance(module, (nn.DataParallel, DistributedDataParallel)) else module
+
+
+def _logits(d_out: Any) -> torch.Tensor:
+    """MONAI's PatchDiscriminator returns its intermediate maps and the logits last; other networks one tensor."""
+    return d_out[-1] if isinstance(d_out, (list, tuple)) else d_out
+
+
+class SelfSupervisedTrainer(Trainer):
+    """Trainer for networks whose ``forward(inputs)`` returns a dict holding ``loss_<name>`` terms.
+
+    The total loss is ``sum_k loss_weights.get(k, 1) * out[k]`` over the ``loss_*`` entries, plus, when a
+    ``discriminator`` is given, ``loss_weights["loss_adv"] * generator_adversarial_loss(D(out[pred_key]))``.
+    After the generator step the discriminator takes one step of ``discriminator_loss`` on real inputs and
+    detached reconstructions (one forward on their concatenation, so DDP sees a single call).
+
+    ``engine.state.output`` holds ``loss`` and every term as floats (for ``StatsHandler`` and
+    ``TensorBoardStatsHandler`` with ``output_transform=lambda x: {k: v for k, v in x.items() if ...}``), and
+    the detached tensors ``image``, ``masked`` and ``pred`` for previews.
+
+    Args:
+        device: device to train on.
+        max_epochs: number of epochs.
+        train_data_loader: loader yielding dicts with ``image_key``.
+        network: the pre-training network (possibly DDP-wrapped).
+        optimizer: optimiser of the network.
+        loss_weights: weights of the terms, e.g. ``{"loss_mse": 1, "loss_pbt": 1, "loss_adv": 1}``; missing = 1.
+        discriminator: optional discriminator (possibly DDP-wrapped); needs ``d_optimizer``.
+        d_optimizer: optimiser over the discriminator's parameters only.
+        non_saturating: generator adversarial form, see ``generator_adversarial_loss``.
+        image_key: key of the network input in a batch.
+        pred_key: key of the reconstruction in the network output (the discriminator's fake input).
+        network_kwargs: callable ``(batch, engine) -> dict`` of extra keyword arguments for the network.
+        amp: bfloat16 autocast (no grad scaler needed).
+        epoch_length, non_blocking, prepare_batch, iteration_update, postprocessing, key_train_metric,
+        additional_metrics, metric_cmp_fn, train_handlers, decollate, to_kwargs: as in ``monai.engines.Trainer``.
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        max_epochs: int,
+        train_data_loader: Any,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_weights: Mapping[str, float] | None = None,
+        discriminator: nn.Module | None = None,
+        d_optimizer: torch.optim.Optimizer | None = None,
+        non_saturating: bool = False,
+        image_key: str = "image",
+        pred_key: str = "pred",
+        network_kwargs: Callable[[dict, Any], dict] | None = None,
+        amp: bool = False,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        prepare_batch: Callable = default_prepare_batch,
+        iteration_update: Callable | None = None,
+        postprocessing: Callable | None = None,
+        key_train_metric: dict | None = None,
+        additional_metrics: dict | None = None,
+        metric_cmp_fn: Callable | None = None,
+        train_handlers: Sequence | None = None,
+        decollate: bool = False,
+        to_kwargs: dict | None = None,
+    ) -> None:
+        if (discriminator is None) != (d_optimizer is None):
+            raise ValueError("discriminator and d_optimizer go together: give both or neither")
+        extra = {} if metric_cmp_fn is None else {"metric_cmp_fn": metric_cmp_fn}
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch,
+            iteration_update=iteration_update,
+            postprocessing=postprocessing,
+            key_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            handlers=train_handlers,
+            amp=False,  # MONAI's amp means fp16 + GradScaler on CUDA; we autocast bf16 ourselves
+            event_names=None,
+            event_to_attr=None,
+            decollate=decollate,
+            to_kwargs=to_kwargs,
+            **extra,
+        )
+        self.network = network
+        self.optimizer = optimizer
+        self.loss_weights = dict(loss_weights or {})
+        self.discriminator = discriminator
+        self.d_optimizer = d_optimizer
+        self.non_saturating = non_saturating
+        self.image_key = image_key
+        self.pred_key = pred_key
+        self.network_kwargs = network_kwargs
+        self.use_amp = amp
+
+    def _autocast(self) -> torch.autocast:
+        device_type = torch.device(self.state.device).type
+        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.use_amp)
+
+    def _check_finite(self, terms: Mapping[str, torch.Tensor]) -> None:
+        bad = {k: float(v) for k, v in terms.items() if not torch.isfinite(v.detach()).all()}
+        if bad:
+            raise FloatingPointError(
+                f"non-finite loss at epoch {self.state.epoch}, iteration {self.state.iteration}: {bad}. "
+                "Training stopped; the last checkpoint written before this step is intact. Check the data "
+                "(NaN/Inf voxels, constant volumes) and lower the learning rate."
+            )
+
+    def _iteration(self, engine: SelfSupervisedTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        x = batchdata[self.image_key].to(engine.state.device, non_blocking=engine.non_blocking)
+        kwargs = self.network_kwargs(batchdata, engine) if self.network_kwargs is not None else {}
+        self.network.train()
+        with self._autocast():
+            out = self.network(x, **kwargs)
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            terms = {k: v.float() for k, v in out.items() if k.startswith("loss_")}
+            if self.discriminator is not None:
+                # the generator step reads D through the plain module: no DDP reduction for D's parameters here
+                d_plain = unwrap(self.discriminator)
+                d_plain.requires_grad_(False)
+                terms["loss_adv"] = generator_adversarial_loss(_logits(d_plain(out[self.pred_key])).float(), self.non_saturating)
+                d_plain.requires_grad_(True)
+            loss = sum(self.loss_weights.get(k, 1.0) * v for k, v in terms.items())
+        self._check_finite({"loss": loss, **terms})
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        self.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+
+        result = {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+        if self.discriminator is not None:
+            fake = out[self.pred_key].detach()
+            with self._autocast():
+                logits = _logits(self.discriminator(torch.cat([x, fake], 0))).float()
+                d_loss = discriminator_loss(logits[: x.shape[0]], logits[x.shape[0] :])
+            self._check_finite({"loss_d": d_loss})
+            self.d_optimizer.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.d_optimizer.step()
+            result["loss_d"] = d_loss.item()
+        result.update({k: out[k].detach() for k in ("masked", self.pred_key) if k in out})
+        result[self.image_key] = x.detach()
+        return result
+
+
+def scalar_terms(output: Mapping[str, Any]) -> dict[str, float]:
+    """The scalar entries of a trainer output (``loss`` and every ``loss_*``), for the stats handlers."""
+    return {k: v for k, v in output.items() if k == "loss" or k.startswith("loss_")}
+
+
+__all__.append("scalar_terms")
