@@ -100,8 +100,9 @@ class ResumableCheckpoint:
     Args:
         save_dir: folder of ``checkpoint_epoch=N.pt`` files.
         save_dict: objects with ``state_dict``/``load_state_dict`` to store, e.g.
-            ``{"network": net, "optimizer": opt, "lr_scheduler": sched, "trainer": trainer}``. DDP wrappers are
-            unwrapped, so keys never carry ``module.``. The trainer entry restores epoch and iteration.
+            ``{"network": net, "optimizer": opt, "lr_scheduler": sched}``. DDP wrappers are unwrapped, so keys
+            never carry ``module.``. The engine this handler is attached to is added as ``trainer`` (epoch and
+            iteration), so configs need no reference from a handler back to its trainer.
         final_path: where the network's plain ``state_dict`` goes when training completes (e.g. ``models/model.pt``).
         final_key: which ``save_dict`` entry is "the network" for ``final_path``.
         extra_final: optional further entries for the final file, as ``{name: module}``, stored under
@@ -137,6 +138,7 @@ class ResumableCheckpoint:
         self.resumed_from: Path | None = None
 
     def attach(self, engine: Engine) -> None:
+        self.save_dict.setdefault("trainer", engine)
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load_latest)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
