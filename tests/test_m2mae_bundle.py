@@ -1,0 +1,98 @@
+"""The m2mae bundle end to end through the real ``monai.bundle`` runner, with tiny overrides."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.networks.nets import UNETR
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO, run_bundle
+
+TRAIN = "bundles/m2mae/configs/train.json"
+MULTI_GPU = "bundles/m2mae/configs/multi_gpu_train.json"
+TINY = ["--roi_size", "[32,32,32]", "--hidden_size", "48", "--mlp_dim", "96", "--num_heads", "4",
+        "--disc_channels", "8", "--num_workers", "0", "--batch_size", "2"]
+
+
+def tiny(out: Path, dataset: Path, epochs: int = 1, *extra: str) -> list[str]:
+    return [*TINY, "--dataset_dir", str(dataset.parent), "--epochs", str(epochs),
+            "--ckpt_dir", str(out / "models"), "--output_dir", str(out / "logs"), *extra]
+
+
+def test_metadata_verifies_offline():
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", "bundles/m2mae/configs/metadata.json",
+         "--filepath", "schemas/meta_schema_20240725.json"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_train_writes_unetr_loadable_model_and_tensorboard(tmp_path, demo_dataset):
+    proc = run_bundle(TRAIN, *tiny(tmp_path, demo_dataset, epochs=2))
+    log = proc.stdout + proc.stderr
+    assert "loss_pbt" in log and "loss_adv" in log and "loss_d" in log
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)
+    unetr = UNETR(in_channels=4, out_channels=3, img_size=32, feature_size=8, hidden_size=48, mlp_dim=96, num_heads=4)
+    result = unetr.load_state_dict(state, strict=False)
+    assert [k for k in result.missing_keys if k.startswith("vit.")] == []
+
+    events = EventAccumulator(str(tmp_path / "logs"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"loss", "loss_mse", "loss_pbt", "loss_adv", "loss_d"} <= set(tags["scalars"])
+    assert len(events.Scalars("loss_mse")) == 2  # 3 training cases, batch 2, drop_last: 1 step a epoch
+    assert any(t.startswith("reconstruction/") for t in tags["images"])
+    # both epochs were checkpointed, atomically (no temporary files left)
+    ckpts = sorted(p.name for p in (tmp_path / "models" / "checkpoints").iterdir())
+    assert ckpts == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]
+
+
+@pytest.mark.slow
+def test_resume_continues_from_last_epoch_and_skips_a_truncated_checkpoint(tmp_path, demo_dataset):
+    run_bundle(TRAIN, *tiny(tmp_path, demo_dataset, epochs=1))
+    state1 = torch.load(tmp_path / "models" / "checkpoints" / "checkpoint_epoch=1.pt", weights_only=True)
+    assert state1["trainer"]["iteration"] == 1
+
+    proc = run_bundle(TRAIN, *tiny(tmp_path, demo_dataset, epochs=2))
+    log = proc.stdout + proc.stderr
+    assert "resumed from" in log and "checkpoint_epoch=1.pt" in log
+    assert "Epoch: 2/2" in log and "Epoch: 1/2" not in log
+    state2 = torch.load(tmp_path / "models" / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)
+    assert state2["trainer"]["iteration"] == 2
+
+    # a truncated newest checkpoint (a crash mid-copy, a full disk) is skipped with a warning
+    newest = tmp_path / "models" / "checkpoints" / "checkpoint_epoch=2.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    proc = run_bundle(TRAIN, *tiny(tmp_path, demo_dataset, epochs=3))
+    log = proc.stdout + proc.stderr
+    assert "skipping checkpoint" in log and "checkpoint_epoch=2.pt" in log
+    assert "resumed from" in log and "checkpoint_epoch=1.pt" in log and "Epoch: 2/3" in log
+
+
+@pytest.mark.slow
+def test_runs_from_inside_a_copied_bundle_folder(tmp_path, demo_dataset):
+    """bundle_root resolves to '.' when run from the bundle folder: outputs land inside it."""
+    bundle = tmp_path / "m2mae"
+    shutil.copytree(REPO / "bundles" / "m2mae", bundle, ignore=shutil.ignore_patterns("*.pt", "logs", "checkpoints"))
+    run_bundle("configs/train.json", *TINY, "--dataset_dir", str(demo_dataset.parent), "--epochs", "1", cwd=bundle)
+    assert (bundle / "models" / "model.pt").is_file()
+    assert any((bundle / "logs").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_multi_gpu_config_runs_ddp_on_two_cpu_processes(tmp_path, demo_dataset):
+    proc = run_bundle([TRAIN, MULTI_GPU], *tiny(tmp_path, demo_dataset, epochs=1), "--batch_size", "1", torchrun=2)
+    log = proc.stdout + proc.stderr
+    assert (tmp_path / "models" / "model.pt").is_file()
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)  # DDP unwrapped before saving
+    # only rank 0 logs: every iteration line appears once per iteration, not twice
+    assert log.count("Epoch: 1/1, Iter: 1/") == 1
