@@ -190,3 +190,89 @@ class ResumableCheckpoint:
             logger.info(f"resumed from {path} (epoch {engine.state.epoch}, iteration {engine.state.iteration})")
             return
         logger.info(f"no checkpoint to resume from in {self.save_dir}: starting from scratch")
+
+
+def load_encoder(network: torch.nn.Module, path: str | None, prefix: str = "vit.", source_prefix: str | None = None,
+                 required: bool = True) -> int:
+    """Copy a pre-trained encoder into ``network`` by key name, refusing a checkpoint that does not hold it.
+
+    Why not ``CheckpointLoader``: with ``strict=False`` it loads whatever matches, silently leaving an encoder
+    randomly initialised when the keys do not match (MONAI 1.6.1's ``strict_shape=False`` even loads nothing).
+    Here every ``prefix`` tensor of ``network`` must be found, with its shape, or nothing is loaded.
+
+    Args:
+        network: the downstream network (DDP-wrapped or not).
+        path: checkpoint file (a plain ``state_dict``, or a dict with a ``network``/``state_dict`` entry);
+            ``None`` or ``""`` trains from scratch.
+        prefix: the encoder's key prefix in ``network`` (UNETR and our ViT classifier: ``vit.``).
+        source_prefix: the prefix in the checkpoint when it differs (default: the same as ``prefix``).
+        required: raise when tensors are missing (``False``: load what matches and warn).
+
+    Returns:
+        the number of tensors loaded.
+    """
+    target = unwrap(network)
+    if not path:
+        logger.info("no pre-trained checkpoint given (pretrained_ckpt is empty): training from scratch")
+        return 0
+    state = safe_load(path)
+    for key in ("network", "state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    source_prefix = prefix if source_prefix is None else source_prefix
+    own = {k: v for k, v in target.state_dict().items() if k.startswith(prefix)}
+    if not own:
+        raise ValueError(f"the network has no parameters under '{prefix}': cannot load an encoder into it")
+    missing, mismatched, found = [], [], {}
+    for key, value in own.items():
+        src = source_prefix + key[len(prefix):]
+        if src not in state:
+            missing.append(src)
+        elif tuple(state[src].shape) != tuple(value.shape):
+            mismatched.append(f"{src}: checkpoint {tuple(state[src].shape)} vs network {tuple(value.shape)}")
+        else:
+            found[key] = state[src]
+    if (missing or mismatched) and required:
+        raise KeyError(
+            f"pre-trained checkpoint {path} does not match the encoder: {len(missing)} of {len(own)} '{prefix}' tensors "
+            f"missing, {len(mismatched)} with another shape. Missing: {missing[:10]}{' ...' if len(missing) > 10 else ''}. "
+            f"Shape mismatches: {mismatched[:5]}. Check that the pre-training used the same encoder settings "
+            "(hidden_size, num_layers, patch_size, roi_size, number of modalities)."
+        )
+    if missing or mismatched:
+        logger.warning(f"{len(missing)} encoder tensors missing and {len(mismatched)} mismatched in {path}; they stay random")
+    target.load_state_dict(found, strict=False)
+    logger.info(f"loaded {len(found)} of {len(own)} pre-trained encoder tensors ('{prefix}*') from {path}")
+    return len(found)
+
+
+__all__.append("load_encoder")
+
+
+class BestModelSaver:
+    """Attach to an evaluator: write the network's ``state_dict`` atomically whenever the key metric improves.
+
+    Replaces ``CheckpointSaver(save_key_metric=True)``, which writes non-atomically in MONAI 1.6.1.
+
+    Args:
+        network: the network to save (DDP unwrapped, so keys never carry ``module.``).
+        path: output file, e.g. ``models/model.pt``.
+    """
+
+    def __init__(self, network: torch.nn.Module, path: str) -> None:
+        self.network = network
+        self.path = path
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not _is_main_process() or getattr(engine.state, "best_metric_epoch", -1) != engine.state.epoch:
+            return
+        atomic_save(unwrap(self.network).state_dict(), self.path)
+        logger.info(f"saved best model (key metric"
+                    f" = {engine.state.best_metric:.4f}, epoch {engine.state.epoch}) to {self.path}")
+
+
+__all__.append("BestModelSaver")

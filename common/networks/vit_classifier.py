@@ -1,0 +1,70 @@
+"""A ViT encoder with a linear classification head, for linear probing and fine-tuning of pre-trained encoders."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from monai.networks.nets import ViT
+
+__all__ = ["ViTClassifier"]
+
+
+class ViTClassifier(nn.Module):
+    """MONAI ViT (stored as ``vit``, keys as in UNETR and M2MAE) + token mean pooling + a linear head.
+
+    Why not ``ViT(classification=True)``: that adds a class token the pre-training never saw and a Tanh
+    pre-logits layer; linear probing (paper III.C) trains a single linear layer on the frozen encoder's features.
+
+    Args:
+        in_channels, img_size, patch_size, hidden_size, mlp_dim, num_layers, num_heads, qkv_bias, dropout_rate:
+            the encoder, as in :class:`~monai.networks.nets.ViT`.
+        num_classes: outputs of the head (1 for a binary task with a sigmoid, K for softmax).
+        freeze_encoder: linear probe: the encoder has no gradients and stays in eval mode.
+
+    Example::
+
+        >>> net = ViTClassifier(4, 32, 16, hidden_size=48, mlp_dim=96, num_heads=4, num_classes=2)
+        >>> net(torch.randn(2, 4, 32, 32, 32)).shape
+        torch.Size([2, 2])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        img_size: Sequence[int] | int,
+        patch_size: Sequence[int] | int = 16,
+        hidden_size: int = 768,
+        mlp_dim: int = 3072,
+        num_layers: int = 12,
+        num_heads: int = 12,
+        num_classes: int = 2,
+        qkv_bias: bool = False,
+        dropout_rate: float = 0.0,
+        freeze_encoder: bool = False,
+    ) -> None:
+        super().__init__()
+        self.vit = ViT(in_channels=in_channels, img_size=img_size, patch_size=patch_size, hidden_size=hidden_size,
+                       mlp_dim=mlp_dim, num_layers=num_layers, num_heads=num_heads, proj_type="conv",
+                       classification=False, dropout_rate=dropout_rate, spatial_dims=3, qkv_bias=qkv_bias)
+        self.norm = nn.LayerNorm(hidden_size)  # features of a frozen encoder vary in scale: normalise before the probe
+        self.head = nn.Linear(hidden_size, num_classes)
+        self.freeze_encoder = freeze_encoder
+        if freeze_encoder:
+            self.vit.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> ViTClassifier:
+        super().train(mode)
+        if self.freeze_encoder:
+            self.vit.eval()  # a probe never updates the encoder, dropout included
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean-pooled final tokens ``[B, hidden]``."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+            tokens, _ = self.vit(x)  # [B, L, hidden]
+        return tokens.mean(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.features(x)))
