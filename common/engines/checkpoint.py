@@ -189,7 +189,7 @@ class ResumableCheckpoint:
             self.resumed_from = path
             logger.info(f"resumed from {path} (epoch {engine.state.epoch}, iteration {engine.state.iteration})")
             return
-        logger.info(f"no checkpoint to resume from in {self.save_dir}: starting from scratch")
+        logger.info(f"no checkpoint in {self.save_dir} yet: training starts at epoch 1")
 
 
 def load_encoder(network: torch.nn.Module, path: str | None, prefix: str = "vit.", source_prefix: str | None = None,
