@@ -276,3 +276,16 @@ class BestModelSaver:
 
 
 __all__.append("BestModelSaver")
+
+
+class EncoderLoader:
+    """Handler form of :func:`load_encoder`: loads the encoder when the engine starts (inference, evaluation)."""
+
+    def __init__(self, network: torch.nn.Module, path: str, prefix: str = "vit.", source_prefix: str | None = None) -> None:
+        self.network, self.path, self.prefix, self.source_prefix = network, path, prefix, source_prefix
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: load_encoder(self.network, self.path, self.prefix, self.source_prefix))
+
+
+__all__.append("EncoderLoader")

@@ -20,7 +20,8 @@ class ViTClassifier(nn.Module):
     Args:
         in_channels, img_size, patch_size, hidden_size, mlp_dim, num_layers, num_heads, qkv_bias, dropout_rate:
             the encoder, as in :class:`~monai.networks.nets.ViT`.
-        num_classes: outputs of the head (1 for a binary task with a sigmoid, K for softmax).
+        num_classes: outputs of the head (1 for a binary task with a sigmoid, K for softmax); 0 returns the
+            pooled encoder features themselves (feature extraction).
         freeze_encoder: linear probe: the encoder has no gradients and stays in eval mode.
 
     Example::
@@ -48,8 +49,9 @@ class ViTClassifier(nn.Module):
         self.vit = ViT(in_channels=in_channels, img_size=img_size, patch_size=patch_size, hidden_size=hidden_size,
                        mlp_dim=mlp_dim, num_layers=num_layers, num_heads=num_heads, proj_type="conv",
                        classification=False, dropout_rate=dropout_rate, spatial_dims=3, qkv_bias=qkv_bias)
-        self.norm = nn.LayerNorm(hidden_size)  # features of a frozen encoder vary in scale: normalise before the probe
-        self.head = nn.Linear(hidden_size, num_classes)
+        # features of a frozen encoder vary in scale: normalise before the probe
+        self.norm = nn.LayerNorm(hidden_size) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(hidden_size, num_classes) if num_classes > 0 else nn.Identity()
         self.freeze_encoder = freeze_encoder
         if freeze_encoder:
             self.vit.requires_grad_(False)
