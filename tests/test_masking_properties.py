@@ -1,0 +1,60 @@
+"""Property tests (hypothesis): for random shapes, ratios and seeds every mask keeps its defining properties."""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from common.masking.hybrid import apply_mask, hybrid_mask, modality_mask, patch_mask, position_mask
+
+shapes = st.tuples(st.integers(1, 4), st.integers(2, 6), st.integers(1, 64))  # B, C, L
+ratios = st.floats(0.0, 1.0)
+seeds = st.integers(0, 2**31 - 1)
+
+
+def g(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes, seeds)
+def test_modality_mask_property(shape, seed):
+    b, c, n = shape
+    m = modality_mask(b, c, n, g(seed))
+    assert m.shape == (b, c, n) and (m.all(2).sum(1) == 1).all() and torch.equal(m.any(2), m.all(2))
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes, ratios, seeds)
+def test_position_mask_property(shape, ratio, seed):
+    b, c, n = shape
+    m = position_mask(b, c, n, ratio, g(seed))
+    assert torch.equal(m, m[:, :1].expand_as(m))
+    assert (m[:, 0].sum(1) == round(ratio * n)).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes, st.floats(0.0, 0.99), st.floats(0.0, 1.0), seeds)
+def test_patch_mask_property(shape, ratio, drop, seed):
+    b, c, n = shape
+    available = torch.rand(b, c, n, generator=g(seed)) >= drop
+    m = patch_mask(available, ratio, g(seed + 1))
+    assert not (m & ~available).any()
+    assert ((available & ~m).any(1) | ~available.any(1)).all()  # complementary: a visible modality per position
+    assert (m.flatten(1).sum(1) <= (ratio * available.flatten(1).sum(1)).round().long()).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(shapes, st.booleans(), st.floats(0.0, 0.9), st.floats(0.0, 0.9), seeds)
+def test_hybrid_mask_composition_and_untouched_voxels(shape, use_mod, pos, patch, seed):
+    b, c, _ = shape
+    grid, p = (2, 2, 1), (2, 2, 2)
+    n = 4
+    m = hybrid_mask(b, c, n, use_mod, pos, patch, generator=g(seed))
+    if pos < 1.0:  # some position always keeps a visible patch
+        assert (~m).any(1).any(1).all() or round(pos * n) == n
+    if use_mod:
+        assert (m.all(2).sum(1) >= 1).all()
+    x = torch.randn(b, c, 4, 4, 2, generator=g(seed)) + 3.0
+    y = apply_mask(x, m, p)
+    vox = m.view(b, c, *grid).repeat_interleave(2, 2).repeat_interleave(2, 3).repeat_interleave(2, 4)
+    assert torch.equal(y[~vox], x[~vox]) and (y[vox] == 0).all() and torch.isfinite(y).all()
