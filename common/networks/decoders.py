@@ -1,0 +1,53 @@
+"""A convolutional up-sampling decoder shared by the 3D encoders, with optional skip connections.
+
+BrainMVP pre-trains its encoder-decoders *without* skip connections (paper 3.1: the decoder must rebuild X_im
+from the latent alone) and fine-tunes them *with* skips downstream; one class serves both, switched by ``skip``.
+Built from MONAI's ``get_conv_layer`` (transposed convolutions) and ``UnetResBlock``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from monai.networks.blocks import UnetResBlock
+from monai.networks.blocks.dynunet_block import get_conv_layer
+
+__all__ = ["UpDecoder"]
+
+
+class UpDecoder(nn.Module):
+    """Decode encoder features (shallow -> deep) back to the input resolution.
+
+    Args:
+        feature_channels: channels of the encoder features, shallowest first.
+        out_channels: output channels (1 for reconstruction, classes for segmentation).
+        skip: concatenate each encoder feature on the way up (U-Net) or not (pre-training).
+        final_stride: up-sampling from the shallowest feature to the input (UniFormer's stem: 4; U-Net: 1).
+        norm_name: normalisation of the residual blocks.
+    """
+
+    def __init__(self, feature_channels: Sequence[int], out_channels: int, skip: bool, final_stride: int = 1,
+                 norm_name: str | tuple = "instance") -> None:
+        super().__init__()
+        chans = list(feature_channels)
+        self.skip = skip
+        self.ups = nn.ModuleList()
+        self.blocks = nn.ModuleList()
+        for deep, shallow in zip(chans[:0:-1], chans[-2::-1]):
+            self.ups.append(get_conv_layer(3, deep, shallow, kernel_size=2, stride=2, conv_only=True, is_transposed=True))
+            self.blocks.append(UnetResBlock(3, shallow * (2 if skip else 1), shallow, 3, 1, norm_name))
+        self.final_up = (
+            get_conv_layer(3, chans[0], chans[0], kernel_size=final_stride, stride=final_stride, conv_only=True, is_transposed=True)
+            if final_stride > 1 else nn.Identity()
+        )
+        self.final_block = UnetResBlock(3, chans[0], chans[0], 3, 1, norm_name) if final_stride > 1 else nn.Identity()
+        self.head = nn.Conv3d(chans[0], out_channels, kernel_size=1)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        for up, block, skip_feature in zip(self.ups, self.blocks, list(features)[-2::-1]):
+            x = up(x)
+            x = block(torch.cat([x, skip_feature], dim=1) if self.skip else x)
+        return self.head(self.final_block(self.final_up(x)))

@@ -1,0 +1,143 @@
+"""UniFormer in 3D (Li et al., "UniFormer: Unifying Convolution and Self-attention for Visual Recognition").
+
+MONAI has no UniFormer, so it is written here from its paper, in 3D, reusing MONAI's ``SABlock`` (global
+multi-head self-attention, with PyTorch's fused attention when ``use_flash_attention``) and ``MLPBlock``:
+
+* every block starts with a dynamic position embedding, a depth-wise 3x3x3 convolution added to its input;
+* stages 1-2 use *local* relation aggregators (CBlock): 1x1x1 conv, depth-wise 5x5x5 conv, 1x1x1 conv, with
+  batch norm and a convolutional MLP;
+* stages 3-4 use *global* ones (SABlock): layer norm, multi-head self-attention over all tokens, MLP;
+* a strided convolution embeds patches before each stage (stride 4, then 2, 2, 2).
+
+``UniFormer3D`` adds an up-sampling decoder (``UpDecoder``) to full resolution, with or without skips, for
+BrainMVP's reconstruction pre-training and for segmentation downstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from monai.networks.blocks import MLPBlock, SABlock
+
+from common.networks.decoders import UpDecoder
+
+__all__ = ["UniFormerEncoder", "UniFormer3D", "uniformer_small", "uniformer_tiny"]
+
+
+class CBlock(nn.Module):
+    """Local UniFormer block: DPE, local MHRA (depth-wise 5^3 conv between 1x1x1 convs), conv MLP."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.pos = nn.Conv3d(dim, dim, 3, padding=1, groups=dim)
+        self.norm1 = nn.BatchNorm3d(dim)
+        self.aggregate = nn.Sequential(nn.Conv3d(dim, dim, 1), nn.Conv3d(dim, dim, 5, padding=2, groups=dim), nn.Conv3d(dim, dim, 1))
+        self.norm2 = nn.BatchNorm3d(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Conv3d(dim, hidden, 1), nn.GELU(), nn.Conv3d(hidden, dim, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, C, D, H, W]
+        x = x + self.pos(x)
+        x = x + self.aggregate(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class SBlock(nn.Module):
+    """Global UniFormer block: DPE, multi-head self-attention over all tokens, MLP (MONAI blocks)."""
+
+    def __init__(self, dim: int, head_dim: int = 64, mlp_ratio: float = 4.0, fused_attention: bool = True) -> None:
+        super().__init__()
+        self.pos = nn.Conv3d(dim, dim, 3, padding=1, groups=dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = SABlock(dim, max(1, dim // head_dim), qkv_bias=True, use_flash_attention=fused_attention)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, C, D, H, W]
+        x = x + self.pos(x)
+        b, c, *spatial = x.shape
+        t = x.flatten(2).transpose(1, 2)  # [B, N, C]
+        t = t + self.attn(self.norm1(t))
+        t = t + self.mlp(self.norm2(t))
+        return t.transpose(1, 2).reshape(b, c, *spatial)
+
+
+class UniFormerEncoder(nn.Module):
+    """Four stages (local, local, global, global) at 1/4, 1/8, 1/16 and 1/32 of the input resolution."""
+
+    def __init__(self, in_channels: int, dims: Sequence[int], depths: Sequence[int], head_dim: int = 64,
+                 mlp_ratio: float = 4.0, fused_attention: bool = True) -> None:
+        super().__init__()
+        self.embeds = nn.ModuleList()
+        self.stages = nn.ModuleList()
+        prev = in_channels
+        for i, (dim, depth) in enumerate(zip(dims, depths)):
+            stride = 4 if i == 0 else 2
+            self.embeds.append(nn.Sequential(nn.Conv3d(prev, dim, stride, stride=stride), nn.GroupNorm(1, dim)))
+            block = (lambda: CBlock(dim, mlp_ratio)) if i < 2 else (lambda: SBlock(dim, head_dim, mlp_ratio, fused_attention))
+            self.stages.append(nn.Sequential(*[block() for _ in range(depth)]))
+            prev = dim
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for embed, stage in zip(self.embeds, self.stages):
+            x = stage(embed(x))
+            feats.append(x)
+        return feats
+
+
+class UniFormer3D(nn.Module):
+    """UniFormer encoder + up-sampling decoder; BrainMVP's default backbone.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        dims: channels of the four stages.
+        depths: blocks per stage.
+        head_dim: channels per attention head in stages 3-4.
+        skip_connections: decoder skips (downstream) or none (pre-training).
+        proj_dim: optional projection head for the contrastive embedding.
+        fused_attention: PyTorch's fused scaled-dot-product attention (same maths as the explicit one).
+
+    Example::
+
+        >>> net = uniformer_tiny()
+        >>> net(torch.randn(1, 1, 32, 32, 32)).shape
+        torch.Size([1, 1, 32, 32, 32])
+    """
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, dims: Sequence[int] = (64, 128, 320, 512),
+                 depths: Sequence[int] = (3, 4, 8, 3), head_dim: int = 64, skip_connections: bool = True,
+                 proj_dim: int | None = None, fused_attention: bool = True) -> None:
+        super().__init__()
+        self.encoder = UniFormerEncoder(in_channels, dims, depths, head_dim, fused_attention=fused_attention)
+        self.decoder = UpDecoder(dims, out_channels, skip=skip_connections, final_stride=4)
+        self.projection = nn.Sequential(nn.Linear(dims[-1], dims[-1]), nn.ReLU(inplace=True),
+                                        nn.Linear(dims[-1], proj_dim)) if proj_dim else nn.Identity()
+        self.embed_dim = proj_dim or dims[-1]
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.encoder(x)
+
+    def pool(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Global-average-pooled deepest feature (through the projection head if any): ``[B, embed_dim]``."""
+        return self.projection(features[-1].mean(dim=(2, 3, 4)))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.encode(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encode(x))
+
+
+def uniformer_small(in_channels: int = 1, out_channels: int = 1, **kwargs) -> UniFormer3D:
+    """UniFormer-S widths and depths (64-128-320-512, 3-4-8-3)."""
+    return UniFormer3D(in_channels, out_channels, (64, 128, 320, 512), (3, 4, 8, 3), **kwargs)
+
+
+def uniformer_tiny(in_channels: int = 1, out_channels: int = 1, **kwargs) -> UniFormer3D:
+    """A 1-1-1-1 block, 16-32-48-64 channel model for tests."""
+    kwargs.setdefault("head_dim", 16)
+    return UniFormer3D(in_channels, out_channels, (16, 32, 48, 64), (1, 1, 1, 1), **kwargs)
