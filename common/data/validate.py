@@ -32,15 +32,21 @@ class DataValidationError(ValueError):
         super().__init__(f"{len(errors)} data errors:\n" + "\n".join(errors))
 
 
-def validate_entries(entries: list[dict], image_keys: Sequence[str], *, label_key: str | None = None,
-                     label_values: Sequence[int] | None = None, check_content: bool = True, **_: object) -> list[Problem]:
+def validate_entries(entries: list[dict], image_keys: Sequence[str], *, required_keys: Sequence[str] | None = None,
+                     label_key: str | None = None, label_values: Sequence[int] | None = None, min_modalities: int = 1,
+                     check_content: bool = True, **_: object) -> list[Problem]:
     problems: list[Problem] = []
+    required = list(image_keys) if required_keys is None else list(required_keys)
     for i, e in enumerate(entries):
         sid = str(e.get("subject_id", f"entry {i}"))
         shapes = {}
+        present = [k for k in image_keys if k in e]
+        if len(present) < min_modalities:
+            problems.append(Problem("error", sid, None, f"{len(present)} modalities {present}, at least {min_modalities} needed"))
         for key in [*image_keys, *([label_key] if label_key and label_key in e else [])]:
             if key not in e:
-                problems.append(Problem("error", sid, None, f"no '{key}' entry"))
+                if key in required:
+                    problems.append(Problem("error", sid, None, f"no '{key}' entry"))
                 continue
             path = e[key]
             if not Path(path).exists():

@@ -70,3 +70,42 @@ class SliceGridPreview:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class TemplatePreview:
+    """BrainMVP templates: a mid-slice row per modality in TensorBoard every ``interval`` epochs, and one NIfTI
+    per modality in ``out_dir`` when training completes.
+
+    Args:
+        templates: the ``ModalityTemplates`` module (e.g. ``@network.templates``; DDP wrappers are looked through).
+        log_dir: TensorBoard folder.
+        out_dir: folder of the exported ``template_<modality>.nii.gz`` files.
+        interval: epochs between previews.
+    """
+
+    def __init__(self, templates: Any, log_dir: str, out_dir: str, interval: int = 1) -> None:
+        self.templates, self.out_dir, self.interval = templates, out_dir, interval
+        self.writer = SliceGridPreview(log_dir, keys=(), tag="templates", interval=interval)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.preview)
+        engine.add_event_handler(Events.COMPLETED, self.export)
+
+    def preview(self, engine: Engine) -> None:
+        from torch.distributed import get_rank, is_initialized
+
+        if is_initialized() and get_rank() > 0:
+            return
+        volumes = self.templates.templates.detach()[:, 0]  # [S, *canvas]
+        if self.writer._writer is None:
+            self.writer._writer = SummaryWriter(self.writer.log_dir)
+        grid = mid_slice_grid([volumes], axis=-1)  # one row per modality
+        self.writer._writer.add_image(f"templates/{'|'.join(self.templates.modalities)}", grid, engine.state.epoch)
+        self.writer._writer.flush()
+
+    def export(self, engine: Engine) -> None:
+        from torch.distributed import get_rank, is_initialized
+
+        if not (is_initialized() and get_rank() > 0):
+            self.templates.to_nifti(self.out_dir)
+        self.writer.close()

@@ -43,8 +43,9 @@ class SelfSupervisedTrainer(Trainer):
     detached reconstructions (one forward on their concatenation, so DDP sees a single call).
 
     ``engine.state.output`` holds ``loss`` and every term as floats (for ``StatsHandler`` and
-    ``TensorBoardStatsHandler`` with ``output_transform=lambda x: {k: v for k, v in x.items() if ...}``), and
-    the detached tensors ``image``, ``masked`` and ``pred`` for previews.
+    ``TensorBoardStatsHandler``, see :func:`scalar_terms`), the input under ``image_key`` and every other
+    tensor the network returns (detached; e.g. ``masked`` and ``pred``) for previews. A network may return its
+    own ``image`` entry (e.g. the target modality) to replace the raw input there.
 
     Args:
         device: device to train on.
@@ -173,8 +174,8 @@ class SelfSupervisedTrainer(Trainer):
             d_loss.backward()
             self.d_optimizer.step()
             result["loss_d"] = d_loss.item()
-        result.update({k: out[k].detach() for k in ("masked", self.pred_key) if k in out})
         result[self.image_key] = x.detach()
+        result.update({k: v.detach() for k, v in out.items() if not k.startswith("loss_") and torch.is_tensor(v)})
         return result
 
 

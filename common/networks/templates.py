@@ -57,10 +57,13 @@ class ModalityTemplates(nn.Module):
             return chosen
         if box_start is None:
             raise ValueError(f"templates of canvas {self.canvas} need each sample's crop box for crops of {size}")
+        start = box_start.to(chosen.device).long()
+        if (start < 0).any() or (start + torch.tensor(size, device=start.device) > torch.tensor(self.canvas, device=start.device)).any():
+            raise ValueError(f"crop boxes {start.tolist()} of size {size} leave the template canvas {self.canvas}: "
+                             "set template_canvas to the registered volume shape, or to the crop size for unregistered data")
         # gather by advanced indexing: one index grid per spatial dim, offset per sample
         b = modality_index.shape[0]
         ar = [torch.arange(s, device=chosen.device) for s in size]
-        start = box_start.to(chosen.device).long()
         idx_d = (start[:, 0, None] + ar[0])[:, :, None, None]
         idx_h = (start[:, 1, None] + ar[1])[:, None, :, None]
         idx_w = (start[:, 2, None] + ar[2])[:, None, None, :]

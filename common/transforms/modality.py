@@ -105,3 +105,24 @@ class RandCropWithBoxd(Randomizable, MapTransform):
             d[key] = cropper(d[key])
         d[self.box_key] = torch.as_tensor(self._start, dtype=torch.long)
         return d
+
+
+def template_canvas(canvas: Sequence[int] | str, entries: Sequence[dict], modalities: Sequence[str],
+                    roi_size: Sequence[int]) -> list[int]:
+    """The template canvas: given explicitly, ``"crop"`` (= ``roi_size``, for unregistered data), or ``"auto"``:
+    the grid of the first study's first image (header only), at least ``roi_size`` (volumes are end-padded)."""
+    if canvas == "crop":
+        return list(roi_size)
+    if canvas != "auto":
+        return [int(c) for c in canvas]
+    import nibabel as nib
+
+    for entry in entries:
+        for m in modalities:
+            if m in entry:
+                shape = nib.load(entry[m]).shape[:3]
+                return [max(int(s), int(r)) for s, r in zip(shape, roi_size)]
+    raise ValueError(f"no image of {list(modalities)} in the datalist to size the template canvas from")
+
+
+__all__.append("template_canvas")

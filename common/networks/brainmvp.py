@@ -1,0 +1,113 @@
+"""BrainMVP: multi-modal vision pre-training on uni-modal inputs (Rui et al., paper section 3).
+
+Per sample, two modalities X_im, X_in of one study are drawn (``SampleModalityPaird``). X_im is masked twice with
+r^3 cubes (p* = 0.875): once filled from X_in (cross-modal reconstruction, Eq. 2), once from the learnable
+template T_m (modality-wise distillation, Eq. 3); one encoder-decoder without skips reconstructs X_im from
+each, and from a configurable epoch the two views' pooled embeddings are contrasted (Eq. 4-5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from common.losses.brainmvp import cross_modal_reconstruction_loss, distillation_loss, modality_contrastive_loss
+from common.masking.cross_modal import cross_modal_mask, cube_mask
+from common.networks.templates import ModalityTemplates
+
+__all__ = ["BrainMVP", "BrainMVPInputs"]
+
+
+class BrainMVP(nn.Module):
+    """Backbone (``UniFormer3D`` or ``UNet3D`` built with ``skip_connections=False``) + modality templates.
+
+    Args:
+        backbone: an encoder-decoder with ``encode``, ``pool`` and a ``decoder`` (see ``common.networks``); its
+            ``encoder.*`` keys are what downstream bundles load.
+        modalities: every modality name of the data, in template order.
+        template_canvas: template shape: the registered volume (crops taken at each sample's box) or the crop.
+        cube: cube edge r.
+        mask_ratio: p*.
+        temperature: InfoNCE temperature tau.
+
+    ``forward(image, modality_index, box_start, use_contrastive)`` takes ``image`` ``[B, 2, *roi]`` (channel 0:
+    X_im, channel 1: X_in) and returns the reconstructions, the masked inputs and ``loss_cmr``, ``loss_md`` and,
+    when ``use_contrastive``, ``loss_cl``; the trainer weights them by ``lambda_MD`` and ``lambda_CL`` (Eq. 6).
+    """
+
+    def __init__(self, backbone: nn.Module, modalities: Sequence[str], template_canvas: Sequence[int],
+                 cube: int = 8, mask_ratio: float = 0.875, temperature: float = 0.1) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.templates = ModalityTemplates(modalities, template_canvas)
+        self.cube, self.mask_ratio, self.temperature = cube, mask_ratio, temperature
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.backbone.encoder
+
+    def forward_view(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruction and pooled embedding of one masked view, from one encoder pass."""
+        feats = self.backbone.encode(x)
+        return self.backbone.decoder(feats), self.backbone.pool(feats)
+
+    def forward(self, image: torch.Tensor, modality_index: torch.Tensor, box_start: torch.Tensor | None = None,
+                use_contrastive: bool = True) -> dict[str, torch.Tensor]:
+        x_m, x_n = image[:, :1], image[:, 1:2]  # [B, 1, *roi] each
+        roi = x_m.shape[2:]
+        t_m = self.templates.crop(modality_index[:, 0], box_start, roi)  # [B, 1, *roi]
+        x_cmr = cross_modal_mask(x_m, x_n, cube_mask(roi, x_m.shape[0], self.cube, self.mask_ratio, device=x_m.device))
+        x_md = cross_modal_mask(x_m, t_m, cube_mask(roi, x_m.shape[0], self.cube, self.mask_ratio, device=x_m.device))
+        pred_cmr, f = self.forward_view(x_cmr)
+        pred_md, g = self.forward_view(x_md)
+        out = {
+            "pred": pred_cmr, "pred_md": pred_md, "masked": x_cmr, "masked_md": x_md, "image": x_m,
+            "loss_cmr": cross_modal_reconstruction_loss(pred_cmr, x_m),
+            "loss_md": distillation_loss(pred_md, x_m),
+        }
+        if use_contrastive:
+            out["loss_cl"] = modality_contrastive_loss(f, g, self.temperature)
+        return out
+
+
+class BrainMVPInputs:
+    """``network_kwargs`` for ``SelfSupervisedTrainer``: moves the sample's modality indices and crop boxes to the
+    device and switches the contrastive term on from ``cl_start_epoch`` (paper: epoch 1000 of 1500)."""
+
+    def __init__(self, cl_start_epoch: int = 1) -> None:
+        self.cl_start_epoch = cl_start_epoch
+
+    def __call__(self, batch: dict, engine: Any) -> dict[str, Any]:
+        device = engine.state.device
+        return {
+            "modality_index": batch["modality_index"].to(device),
+            "box_start": batch["box_start"].to(device) if "box_start" in batch else None,
+            "use_contrastive": engine.state.epoch >= self.cl_start_epoch,
+        }
+
+
+def build_backbone(name: str = "uniformer", size: str = "small", in_channels: int = 1, out_channels: int = 1,
+                   skip_connections: bool = False, proj_dim: int | None = None) -> nn.Module:
+    """BrainMVP's backbones by name, so configs choose one with a string.
+
+    Args:
+        name: ``uniformer`` (the paper's default) or ``unet3d``.
+        size: ``small`` (paper) or ``tiny`` (tests, smoke runs).
+        in_channels, out_channels: 1 and 1 in pre-training; modalities and classes downstream.
+        skip_connections: False in pre-training (paper 3.1), True downstream.
+        proj_dim: optional projection head for the contrastive embedding (None: the pooled feature itself).
+    """
+    from common.networks.unet3d import unet3d, unet3d_tiny
+    from common.networks.uniformer import uniformer_small, uniformer_tiny
+
+    factories = {("uniformer", "small"): uniformer_small, ("uniformer", "tiny"): uniformer_tiny,
+                 ("unet3d", "small"): unet3d, ("unet3d", "tiny"): unet3d_tiny}
+    if (name, size) not in factories:
+        raise ValueError(f"unknown backbone {name!r} of size {size!r}; choose from {sorted(factories)}")
+    return factories[(name, size)](in_channels, out_channels, skip_connections=skip_connections, proj_dim=proj_dim)
+
+
+__all__.append("build_backbone")
