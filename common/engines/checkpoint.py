@@ -80,6 +80,23 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_SCHEDULE_PROGRESS = ("last_epoch", "_step_count", "_last_lr", "_is_initial", "_get_lr_called_within_step")
+
+
+def _keep_configured_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """After a resume the schedule's *configured* length wins (so ``--epochs`` can extend a run): closed-form
+    schedules (``LambdaLR`` and its subclasses such as MONAI's ``WarmupCosineSchedule``) recompute the current
+    learning rate from the restored step and the new length."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_lr()):
+                group["lr"] = lr
+        scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+
+
 class _RNG:
     """Adapter so the RNG states travel through the same ``state_dict`` path as everything else."""
 
@@ -179,13 +196,19 @@ class ResumableCheckpoint:
             except Exception as e:  # a truncated or foreign file: fall back to the previous checkpoint
                 logger.warning(f"skipping checkpoint {path}: cannot be loaded ({type(e).__name__}: {e}); trying the previous one")
                 continue
+            configured = {k: v.state_dict() for k, v in self.save_dict.items() if isinstance(v, torch.optim.lr_scheduler.LRScheduler)}
             for key, obj in self.save_dict.items():
+                if key in configured:
+                    state[key] = {**configured[key], **{k: v for k, v in state[key].items() if k in _SCHEDULE_PROGRESS}}
                 if isinstance(obj, Engine):
                     max_epochs = engine.state.max_epochs  # the configured length wins, so a run can be extended
                     obj.load_state_dict(state[key])
                     obj.state.max_epochs = max_epochs
                 else:
                     (unwrap(obj) if isinstance(obj, torch.nn.Module) else obj).load_state_dict(state[key])
+            for obj in self.save_dict.values():
+                if isinstance(obj, torch.optim.lr_scheduler.LRScheduler):
+                    _keep_configured_schedule(obj)
             self.resumed_from = path
             logger.info(f"resumed from {path} (epoch {engine.state.epoch}, iteration {engine.state.iteration})")
             return
