@@ -101,7 +101,36 @@ def _m2mae_seg(shape: str, batch: int | None = None, edge: int | None = None) ->
     return Case("m2mae_seg", f"{b}x4x{e}^3 UNETR", b, step)
 
 
-CASES: dict[str, Callable[..., Case]] = {"m2mae": _m2mae, "m2mae_seg": _m2mae_seg}
+def _brainmvp(backbone: str) -> Callable[..., Case]:
+    def build(shape: str, batch: int | None = None, edge: int | None = None) -> Case:
+        from common.masking.cross_modal import cross_modal_mask, cube_mask
+        from common.networks.brainmvp import BrainMVP, build_backbone
+
+        paper = shape == "paper"
+        b, e = batch or (1 if paper else 2), edge or (96 if paper else 32)
+        net = BrainMVP(build_backbone(backbone, "small" if paper else "tiny"), ["t1", "t1ce", "t2", "flair"], (e, e, e))
+        opt = torch.optim.AdamW(net.parameters(), 3e-4)
+        image, index, box = torch.rand(b, 2, e, e, e), torch.zeros(b, 2, dtype=torch.long), torch.zeros(b, 3, dtype=torch.long)
+
+        def step() -> None:
+            out = net(image, index, box, use_contrastive=True)
+            loss = out["loss_cmr"] + out["loss_md"] + out["loss_cl"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        def masking() -> None:
+            t = net.templates.crop(index[:, 0], box, (e, e, e))
+            cross_modal_mask(image[:, :1], image[:, 1:], cube_mask((e, e, e), b))
+            cross_modal_mask(image[:, :1], t, cube_mask((e, e, e), b))
+
+        return Case(f"brainmvp_{backbone}", f"{b}x1x{e}^3 {backbone}-{'S' if paper else 'tiny'}", b, step, masking)
+
+    return build
+
+
+CASES: dict[str, Callable[..., Case]] = {"m2mae": _m2mae, "m2mae_seg": _m2mae_seg,
+                                         "brainmvp_uniformer": _brainmvp("uniformer"), "brainmvp_unet3d": _brainmvp("unet3d")}
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
