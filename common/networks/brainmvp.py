@@ -111,3 +111,72 @@ def build_backbone(name: str = "uniformer", size: str = "small", in_channels: in
 
 
 __all__.append("build_backbone")
+
+
+class EncoderClassifier(nn.Module):
+    """A BrainMVP backbone's encoder + global pooling + linear head (BrainMVP's classification downstream).
+
+    Args:
+        backbone: a network from :func:`build_backbone` (only its ``encoder`` is kept).
+        num_classes: outputs of the head.
+        dropout: dropout before the head.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.encoder = backbone.encoder
+        width = self.encoder(torch.zeros(1, _in_channels(self.encoder), 32, 32, 32))[-1].shape[1]
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes))
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.encoder(x)
+
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(features[-1].mean(dim=(2, 3, 4)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+def _in_channels(encoder: nn.Module) -> int:
+    first = next(m for m in encoder.modules() if isinstance(m, nn.Conv3d))
+    return first.in_channels
+
+
+def load_templates(path: str | None, modalities: Sequence[str]) -> tuple[ModalityTemplates | None, list[str]]:
+    """Frozen templates for the downstream channels, by modality name, from a brainmvp checkpoint.
+
+    Returns ``(templates, found)``: a ``ModalityTemplates`` whose rows follow ``modalities`` (rows of names the
+    checkpoint lacks stay zero and are never used), and the names found; ``(None, [])`` when the checkpoint has
+    no templates (e.g. training from scratch), so the caller switches the augmentation off.
+    """
+    import logging
+
+    from common.engines.checkpoint import safe_load
+
+    log = logging.getLogger(__name__)
+    if not path:
+        log.info("no pre-trained checkpoint: template augmentation is off")
+        return None, []
+    state = safe_load(path)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if "templates.templates" not in state or "templates._extra_state" not in state:
+        log.info(f"{path} holds no modality templates: template augmentation is off")
+        return None, []
+    names = list(state["templates._extra_state"]["modalities"])
+    source = state["templates.templates"]
+    found = [m for m in modalities if m in names]
+    if not found:
+        log.info(f"templates in {path} cover {names}, none of {list(modalities)}: template augmentation is off")
+        return None, []
+    frozen = ModalityTemplates(modalities, source.shape[2:])
+    with torch.no_grad():
+        for i, m in enumerate(modalities):
+            if m in names:
+                frozen.templates[i] = source[names.index(m)]
+    frozen.requires_grad_(False)
+    log.info(f"loaded frozen templates for {found} from {path} (canvas {tuple(source.shape[2:])})")
+    return frozen, found
+
+
+__all__ += ["EncoderClassifier", "load_templates"]

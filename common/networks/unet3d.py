@@ -65,8 +65,11 @@ class UNet3D(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.encode(x))
 
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.decoder(features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encode(x))
+        return self.decode(self.encode(x))
 
 
 def unet3d(in_channels: int = 1, out_channels: int = 1, **kwargs) -> UNet3D:

@@ -1,0 +1,105 @@
+"""Fine-tuning with BrainMVP's template augmentation and consistency loss (paper appendix A, Eq. 7-8).
+
+Why a trainer of our own: MONAI's ``SupervisedTrainer`` computes one loss on one forward pass; Eq. 8 needs two
+augmented copies of each batch, the supervised loss of both, and an L2 consistency between their *encoder*
+features (Eq. 7; the public code compares logits instead). Everything else is ``SupervisedTrainer``'s: the same
+arguments, post-processing, metrics and handlers. Without templates it trains exactly like ``SupervisedTrainer``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
+
+from common.engines.trainer import unwrap
+from common.masking.template_replace import template_copies
+from common.networks.templates import ModalityTemplates
+
+__all__ = ["TemplateConsistencyTrainer", "consistency_loss"]
+logger = logging.getLogger(__name__)
+
+
+def consistency_loss(features_a: torch.Tensor, features_b: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of two copies' encoder features."""
+    return F.mse_loss(features_a, features_b)  # L_cons = ||F_enc(X') - F_enc(X'')||_2  # Eq. 7
+
+
+class TemplateConsistencyTrainer(SupervisedTrainer):
+    """``SupervisedTrainer`` + template-replacement copies + consistency loss.
+
+    The network must expose ``encode(x) -> list of features`` and ``decode(features) -> output`` (our
+    UniFormer3D, UNet3D and EncoderClassifier do). The loss is
+    ``L_sl(F(X'), Y) + L_sl(F(X''), Y) + lambda_cons * L_cons`` (Eq. 8), each term averaged over the batch.
+
+    Args:
+        templates: frozen templates in channel order (``load_templates``), or ``None`` to switch the
+            augmentation off (a plain supervised step).
+        template_modalities: the channels whose modality has a template (from ``load_templates``).
+        modalities: the input channel names.
+        lambda_cons: weight of Eq. 7 (paper: 0.1).
+        box_key: batch key of the crop corners on the template canvas; without it (or when a crop box leaves
+            the canvas) templates are resized to the crop.
+        cube, mask_ratio: Algorithm 1 settings for uni-modal inputs.
+        other args: as ``SupervisedTrainer``.
+    """
+
+    def __init__(self, *args: Any, templates: ModalityTemplates | None = None, template_modalities: Sequence[str] = (),
+                 modalities: Sequence[str] = (), lambda_cons: float = 0.1, box_key: str = "box_start", cube: int = 8,
+                 mask_ratio: float = 0.875, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.templates = templates
+        self.available = torch.tensor([m in set(template_modalities) for m in modalities], dtype=torch.bool)
+        self.lambda_cons, self.box_key, self.cube, self.mask_ratio = lambda_cons, box_key, cube, mask_ratio
+        if templates is None:
+            logger.info("template augmentation off: plain supervised fine-tuning")
+
+    def _template_batch(self, x: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Templates of every channel, cut at each sample's crop box or resized to the crop: ``[B, C, *roi]``."""
+        t = self.templates.to(x.device)
+        b, c, *roi = x.shape
+        box = batch.get(self.box_key)
+        canvas = torch.tensor(t.canvas)
+        fits = box is not None and bool(((box.cpu() + torch.tensor(roi)) <= canvas).all())
+        if fits:
+            rows = [t.crop(torch.full((b,), ch, dtype=torch.long, device=x.device), box.to(x.device), roi) for ch in range(c)]
+            return torch.cat(rows, dim=1)
+        resized = F.interpolate(t.templates[:, 0][None], size=roi, mode="trilinear", align_corners=False)
+        return resized.expand(b, -1, *roi)
+
+    def _iteration(self, engine: TemplateConsistencyTrainer, batchdata: dict[str, Any]) -> dict:
+        if self.templates is None:
+            return super()._iteration(engine, batchdata)
+        x, y = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
+        net = unwrap(engine.network)
+        engine.network.train()
+        with torch.no_grad():
+            x1, x2 = template_copies(x, self._template_batch(x, batchdata), self.available, self.cube, self.mask_ratio)
+        engine.state.output = {Keys.IMAGE: x, Keys.LABEL: y}
+        feats1, feats2 = net.encode(x1), net.encode(x2)
+        pred1, pred2 = net.decode(feats1), net.decode(feats2)
+        engine.state.output[Keys.PRED] = pred1
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        supervised = engine.loss_function(pred1, y).mean() + engine.loss_function(pred2, y).mean()
+        cons = consistency_loss(feats1[-1], feats2[-1])
+        loss = supervised + self.lambda_cons * cons  # L_FT  # Eq. 8
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
+                                     f"supervised {float(supervised)}, consistency {float(cons)}")
+        engine.state.output[Keys.LOSS] = loss
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        engine.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        engine.state.output[Keys.PRED] = pred1.detach()
+        engine.state.output[Keys.LOSS] = loss.detach()
+        engine.state.output["loss_cons"] = cons.item()
+        return engine.state.output
