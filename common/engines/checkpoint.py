@@ -216,7 +216,7 @@ class ResumableCheckpoint:
 
 
 def load_encoder(network: torch.nn.Module, path: str | None, prefix: str = "vit.", source_prefix: str | None = None,
-                 required: bool = True) -> int:
+                 required: bool = True, inflate_channels: bool = True) -> int:
     """Copy a pre-trained encoder into ``network`` by key name, refusing a checkpoint that does not hold it.
 
     Why not ``CheckpointLoader``: with ``strict=False`` it loads whatever matches, silently leaving an encoder
@@ -230,6 +230,8 @@ def load_encoder(network: torch.nn.Module, path: str | None, prefix: str = "vit.
         prefix: the encoder's key prefix in ``network`` (UNETR and our ViT classifier: ``vit.``).
         source_prefix: the prefix in the checkpoint when it differs (default: the same as ``prefix``).
         required: raise when tensors are missing (``False``: load what matches and warn).
+        inflate_channels: a 1-input-channel convolution (uni-modal pre-training, BrainMVP) loads into a C-channel
+            one as C copies divided by C, so a multi-modal input of identical channels gives the same response.
 
     Returns:
         the number of tensors loaded.
@@ -247,13 +249,20 @@ def load_encoder(network: torch.nn.Module, path: str | None, prefix: str = "vit.
     own = {k: v for k, v in target.state_dict().items() if k.startswith(prefix)}
     if not own:
         raise ValueError(f"the network has no parameters under '{prefix}': cannot load an encoder into it")
-    missing, mismatched, found = [], [], {}
+    missing, mismatched, inflated, found = [], [], [], {}
     for key, value in own.items():
         src = source_prefix + key[len(prefix):]
         if src not in state:
             missing.append(src)
         elif tuple(state[src].shape) != tuple(value.shape):
-            mismatched.append(f"{src}: checkpoint {tuple(state[src].shape)} vs network {tuple(value.shape)}")
+            tensor = state[src]
+            if inflate_channels and tensor.ndim == value.ndim >= 3 and tensor.shape[1] == 1 and \
+                    tensor.shape[0] == value.shape[0] and tensor.shape[2:] == value.shape[2:]:
+                # a uni-modal stem into a multi-modal input: share the filter across channels, keep the response scale
+                found[key] = tensor.repeat(1, value.shape[1], *([1] * (tensor.ndim - 2))) / value.shape[1]
+                inflated.append(src)
+            else:
+                mismatched.append(f"{src}: checkpoint {tuple(tensor.shape)} vs network {tuple(value.shape)}")
         else:
             found[key] = state[src]
     if (missing or mismatched) and required:
@@ -266,6 +275,8 @@ def load_encoder(network: torch.nn.Module, path: str | None, prefix: str = "vit.
     if missing or mismatched:
         logger.warning(f"{len(missing)} encoder tensors missing and {len(mismatched)} mismatched in {path}; they stay random")
     target.load_state_dict(found, strict=False)
+    if inflated:
+        logger.info(f"inflated {inflated} from 1 input channel to the network's input channels")
     logger.info(f"loaded {len(found)} of {len(own)} pre-trained encoder tensors ('{prefix}*') from {path}")
     return len(found)
 
@@ -308,7 +319,10 @@ class EncoderLoader:
         self.network, self.path, self.prefix, self.source_prefix = network, path, prefix, source_prefix
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda _: load_encoder(self.network, self.path, self.prefix, self.source_prefix))
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        load_encoder(self.network, self.path, self.prefix, self.source_prefix)
 
 
 __all__.append("EncoderLoader")

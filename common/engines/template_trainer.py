@@ -98,8 +98,6 @@ class TemplateConsistencyTrainer(SupervisedTrainer):
         loss.backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         engine.optimizer.step()
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        engine.state.output[Keys.PRED] = pred1.detach()
-        engine.state.output[Keys.LOSS] = loss.detach()
-        engine.state.output["loss_cons"] = cons.item()
+        engine.state.output.update({Keys.PRED: pred1.detach(), Keys.LOSS: loss.detach(), "loss_cons": cons.item()})
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)  # MONAI decollates and post-processes here
         return engine.state.output

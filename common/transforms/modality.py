@@ -126,3 +126,31 @@ def template_canvas(canvas: Sequence[int] | str, entries: Sequence[dict], modali
 
 
 __all__.append("template_canvas")
+
+
+class BoxFromAffined(MapTransform):
+    """Where a crop lies on the grid the image was loaded on: ``box_key`` = the corner of the crop closest to the
+    origin, in voxels of the original grid, from the MetaTensor's current and original affines.
+
+    For registered data the original grid is the template canvas, so downstream template crops (BrainMVP
+    appendix A) can be cut at the sample's position after any chain of MONAI crops, pads and flips.
+    """
+
+    def __init__(self, keys: KeysCollection, box_key: str = "box_start") -> None:
+        super().__init__(keys)
+        self.box_key = box_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        key = self.first_key(d)
+        img = d[key]
+        original = torch.as_tensor(np.asarray(img.meta.get("original_affine", img.affine)), dtype=torch.float64)
+        size = torch.tensor(img.shape[1:], dtype=torch.float64) - 1
+        corners = torch.tensor([[i, j, k, 1.0] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=torch.float64)
+        corners[:, :3] *= size
+        in_original = torch.linalg.solve(original, img.affine.to(torch.float64) @ corners.T).T[:, :3]
+        d[self.box_key] = in_original.min(0).values.round().long()
+        return d
+
+
+__all__.append("BoxFromAffined")

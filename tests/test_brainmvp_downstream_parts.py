@@ -1,0 +1,57 @@
+"""BrainMVP downstream: template copies (appendix A), consistency on encoder features (Eq. 7), box tracking."""
+
+import numpy as np
+import pytest
+import torch
+
+from common.engines.template_trainer import consistency_loss
+from common.masking.template_replace import replacement_masks, template_copies
+from common.networks.brainmvp import BrainMVP, build_backbone, load_templates
+
+
+def test_replacement_counts_differ_and_respect_availability():
+    avail = torch.tensor([True, False, True, True]).expand(400, 4)
+    first, second = replacement_masks(avail, torch.Generator().manual_seed(0))
+    assert not (first & ~avail).any() and not (second & ~avail).any()
+    assert (first.sum(1) != second.sum(1)).all()
+    assert first.sum(1).max() <= 3 and set(first.sum(1).tolist()) == {0, 1, 2, 3}
+
+
+def test_copies_replace_channels_in_place_never_interleave():
+    """Channel c of a copy is the input's channel c or template c, never another channel (public-code defect)."""
+    x = torch.stack([torch.full((8, 8, 8), float(c)) for c in range(4)])[None].repeat(16, 1, 1, 1, 1)
+    t = torch.stack([torch.full((8, 8, 8), 10.0 + c) for c in range(4)])[None]
+    a, b = template_copies(x, t, torch.ones(4, dtype=torch.bool), generator=torch.Generator().manual_seed(1))
+    for copy in (a, b):
+        values = copy[:, :, 0, 0, 0]
+        channel = torch.arange(4).float()
+        assert ((values == channel) | (values == channel + 10)).all()
+        assert ((values >= 10).sum(1) < 4).all()  # at least one real modality remains
+    assert ((a[:, :, 0, 0, 0] >= 10).sum(1) != (b[:, :, 0, 0, 0] >= 10).sum(1)).all()
+
+
+def test_unimodal_copies_are_cube_masked_from_the_template():
+    x, t = torch.zeros(2, 1, 32, 32, 32), torch.ones(1, 1, 32, 32, 32)
+    a, b = template_copies(x, t, torch.ones(1, dtype=torch.bool))
+    for copy in (a, b):
+        assert abs(copy.mean().item() - 0.875) < 0.01
+    assert not torch.equal(a, b)
+
+
+def test_consistency_loss_is_on_features_by_hand():
+    f1, f2 = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 4.0]])
+    assert consistency_loss(f1, f2).item() == pytest.approx((1 + 4) / 2)
+
+
+def test_load_templates_by_modality_name(tmp_path):
+    pre = BrainMVP(build_backbone("unet3d", "tiny"), ["flair", "t1", "t1c", "t2"], (8, 8, 8))
+    with torch.no_grad():
+        pre.templates.templates.copy_(torch.arange(4.0).view(4, 1, 1, 1, 1).expand(4, 1, 8, 8, 8))
+    torch.save(pre.state_dict(), tmp_path / "m.pt")
+    templates, found = load_templates(str(tmp_path / "m.pt"), ["t1", "t2", "adc"])
+    assert found == ["t1", "t2"]
+    assert templates.templates[0].unique().item() == 1.0 and templates.templates[1].unique().item() == 3.0
+    assert templates.templates[2].abs().sum() == 0 and not templates.templates.requires_grad
+    torch.save({"encoder.w": torch.zeros(1)}, tmp_path / "no_templates.pt")
+    assert load_templates(str(tmp_path / "no_templates.pt"), ["t1"]) == (None, [])
+    assert load_templates(None, ["t1"]) == (None, [])
