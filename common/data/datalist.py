@@ -115,6 +115,7 @@ def resolve_datalist(
     split: str = "training",
     with_label: bool = False,
     demo: dict | None = None,
+    label_key: str = "label",
 ) -> list[dict]:
     """Data dicts for ``split`` from a datalist, a dataset folder, or the embedded demo set.
 
@@ -126,7 +127,16 @@ def resolve_datalist(
             no splits: every subject is returned for ``training`` and none for other splits.
         with_label: a scanned folder must also hold ``<subject>_seg.nii.gz``.
         demo: keyword arguments of ``common.data.demo.demo_datalist`` for the demo set (e.g. ``num_cases``).
+        label_key: the entry field holding this task's label, copied to ``label`` (e.g. ``class_label`` for the
+            demo set's tumour grade, whose ``label`` is the segmentation).
     """
+    entries = _resolve(dataset_dir, datalist, modalities, split, with_label, demo)
+    if label_key != "label":
+        entries = [{**e, "label": e[label_key]} if label_key in e else e for e in entries]
+    return entries
+
+
+def _resolve(dataset_dir, datalist, modalities, split, with_label, demo) -> list[dict]:
     if datalist:
         return load_datalist_json(datalist, split, modalities, base_dir=dataset_dir or None)
     if dataset_dir:

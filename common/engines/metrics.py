@@ -29,3 +29,21 @@ def meta_of(key: str = "image") -> Callable[[Any], list[dict]]:
         return [item[key].meta for item in batch]
 
     return _transform
+
+
+def class_scores(pred_key: str = "pred", label_key: str = "label") -> Callable[[Any], tuple]:
+    """``output_transform`` for ignite's ``Accuracy`` / ``Fbeta``: stacked scores ``[B, C]`` and class indices
+    ``[B]`` from decollated items whose label is one-hot (after ``AsDiscreted(to_onehot=C)``) or an index."""
+    import torch
+
+    def _transform(output: Any) -> tuple:
+        items = output if isinstance(output, list) else [output]
+        scores = torch.stack([torch.as_tensor(i[pred_key]).flatten() for i in items])
+        labels = [torch.as_tensor(i[label_key]).flatten() for i in items]
+        index = torch.stack([lab.argmax() if lab.numel() > 1 else lab[0] for lab in labels]).long()
+        return scores, index
+
+    return _transform
+
+
+__all__.append("class_scores")
