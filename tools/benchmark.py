@@ -181,7 +181,7 @@ def _table(rows: list[dict], peak: float) -> str:
 
 
 def run(cases: str | list[str] | None = None, shape: str = "small", repeats: int = 3, threads: int | None = None,
-        write: bool = True, scaling: str | None = None) -> str:
+        write: bool = True, scaling: str | None = None, batch: int | None = None) -> str:
     """Benchmark ``cases`` (default: all) at ``shape`` (``small`` or ``paper``) and report.
 
     Args:
@@ -191,6 +191,7 @@ def run(cases: str | list[str] | None = None, shape: str = "small", repeats: int
         threads: ``torch.set_num_threads`` (default: PyTorch's choice).
         write: append the report to ``docs/BENCHMARKS.md``.
         scaling: a case name: time it at batch 1, 2, 4 and crop edge 64, 96, 128 and fit the exponents.
+        batch: batch size instead of each case's default.
     """
     if threads:
         torch.set_num_threads(threads)
@@ -211,7 +212,7 @@ def run(cases: str | list[str] | None = None, shape: str = "small", repeats: int
         base = (math.log(bt[2] / bt[0]) / math.log(4), math.log(et[2] / et[0]) / math.log(2))
         note = f"\nstep time ~ batch^{base[0]:.2f}, ~ edge^{base[1]:.2f} (voxels ~ edge^3)\n"
     else:
-        rows = [measure(CASES[n](shape), repeats, peak) for n in names]
+        rows = [measure(CASES[n](shape, batch=batch), repeats, peak) for n in names]
         note = ""
     report = _table(rows, peak) + note
     print(report)
