@@ -1,79 +1,367 @@
-"""Data validation before training (interim version; the full checker replaces it)."""
+"""Check a datalist before training: every problem at once, each naming the subject, the file and the problem.
+
+Errors stop training (``check_or_raise``, called by every trainer's ``initialize``); warnings are logged and
+training goes on. Headers are read first; voxel data only with ``check_content`` and one volume at a time.
+Nothing read from a data file is ever evaluated.
+
+Checks: entry shape (not an object, no image at all, too few modalities, a required modality missing), files
+(missing, unreadable, truncated, corrupt NIfTI / DICOM series / PNG-JPEG-TIFF / HDF5 / NumPy / torch tensors),
+geometry (modalities of a study with different shapes or affines, a 4D file where a 3D volume is expected, a
+label whose shape differs), content (NaN, Inf, empty or constant volumes, label values outside the label set),
+tabular inputs (gene vectors of the wrong length or with non-numeric entries), WSI feature bags (no patches,
+wrong rank), class labels (not an integer, out of range) and duplicates (subject ids: error; a file used by two
+subjects: warning).
+"""
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
-from collections.abc import Sequence
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import nibabel as nib
 import numpy as np
 
-__all__ = ["Problem", "DataValidationError", "validate_entries", "check_or_raise"]
+__all__ = ["Problem", "DataValidationError", "validate_entries", "validate_datalist", "check_or_raise"]
 logger = logging.getLogger(__name__)
+
+_NIFTI = (".nii", ".nii.gz", ".img", ".hdr", ".mgz")
+_RASTER = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 @dataclass(frozen=True)
 class Problem:
+    """One finding: ``severity`` is ``error`` or ``warning``."""
+
     severity: str
     subject: str
     file: str | None
     message: str
 
     def __str__(self) -> str:
-        return f"{self.severity.upper()} {self.subject} {self.file or ''}: {self.message}"
+        where = f" {self.file}" if self.file else ""
+        return f"{self.severity.upper()} {self.subject}{where}: {self.message}"
 
 
 class DataValidationError(ValueError):
-    def __init__(self, problems: list[Problem]):
+    """Raised by :func:`check_or_raise`; ``problems`` holds every finding, the message lists the errors."""
+
+    def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         errors = [str(p) for p in problems if p.severity == "error"]
-        super().__init__(f"{len(errors)} data errors:\n" + "\n".join(errors))
+        super().__init__(f"{len(errors)} data error(s), fix them before training:\n" + "\n".join(errors))
 
 
-def validate_entries(entries: list[dict], image_keys: Sequence[str], *, required_keys: Sequence[str] | None = None,
-                     label_key: str | None = None, label_values: Sequence[int] | None = None, min_modalities: int = 1,
-                     check_content: bool = True, **_: object) -> list[Problem]:
+class _Unreadable(Exception):
+    pass
+
+
+def _suffix(path: str) -> str:
+    lower = path.lower()
+    for ext in (".nii.gz", *_NIFTI, *_RASTER, ".h5", ".hdf5", ".npy", ".pt", ".csv", ".tsv", ".json"):
+        if lower.endswith(ext):
+            return ext
+    return os.path.splitext(lower)[1]
+
+
+def _read_image(path: str, content: bool) -> tuple[tuple[int, ...], np.ndarray | None, np.ndarray | None]:
+    """(shape, affine or None, data or None) of an image file or DICOM folder; raises _Unreadable with a reason."""
+    if os.path.isdir(path):
+        return _read_dicom_series(path, content)
+    ext = _suffix(path)
+    try:
+        if ext in _NIFTI:
+            import nibabel as nib
+
+            img = nib.load(path)
+            data = np.asarray(img.dataobj, dtype=np.float32) if content else None
+            return tuple(img.shape), np.asarray(img.affine), data
+        if ext in _RASTER:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()
+                arr = np.asarray(im, dtype=np.float32)
+            return arr.shape, None, arr if content else None
+        if ext == ".dcm":
+            return _read_dicom_series(path, content)
+    except (_Unreadable, FileNotFoundError):
+        raise
+    except Exception as e:  # noqa: BLE001 - any reader failure is reported, never raised from deep inside
+        raise _Unreadable(f"cannot be read as {ext or 'an image'} ({type(e).__name__}: {str(e)[:160]})") from e
+    raise _Unreadable(f"unsupported image format '{ext}' (NIfTI, DICOM, PNG/JPEG/TIFF are read)")
+
+
+def _read_dicom_series(path: str, content: bool) -> tuple[tuple[int, ...], np.ndarray | None, np.ndarray | None]:
+    try:
+        import pydicom
+    except ImportError as e:
+        raise _Unreadable("DICOM input needs pydicom (pip install pydicom)") from e
+    files = sorted(Path(path).glob("*")) if os.path.isdir(path) else [Path(path)]
+    files = [f for f in files if f.is_file()]
+    if not files:
+        raise _Unreadable("DICOM folder is empty")
+    slices = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, force=False)
+            arr = ds.pixel_array.astype(np.float32) if content else None
+            slices.append((ds, arr))
+        except Exception as e:  # noqa: BLE001
+            raise _Unreadable(f"DICOM file {f.name} is corrupt or truncated ({type(e).__name__}: {str(e)[:120]})") from e
+    rows, cols = int(slices[0][0].Rows), int(slices[0][0].Columns)
+    if any((int(d.Rows), int(d.Columns)) != (rows, cols) for d, _ in slices):
+        raise _Unreadable("DICOM slices of different sizes in one series")
+    data = np.stack([a for _, a in slices], -1) if content else None
+    return (rows, cols, len(slices)), None, data
+
+
+def _read_bag(path: str) -> np.ndarray:
+    ext = _suffix(path)
+    try:
+        if ext in (".h5", ".hdf5"):
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                key = "features" if "features" in f else next(iter(f.keys()))
+                return np.asarray(f[key])
+        if ext == ".npy":
+            return np.load(path, allow_pickle=False)
+        if ext == ".pt":
+            import torch
+
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = obj.get("features", next(iter(obj.values()))) if isinstance(obj, dict) else obj
+            return np.asarray(obj)
+    except Exception as e:  # noqa: BLE001
+        raise _Unreadable(f"cannot be read as a feature bag ({type(e).__name__}: {str(e)[:160]})") from e
+    raise _Unreadable(f"unsupported feature-bag format '{ext}' (.h5, .npy, .pt)")
+
+
+def _gene_values(value: Any) -> tuple[list[str], str | None]:
+    """Raw entries of a gene vector given inline or as a CSV/TSV/JSON file (one row of values, optional header)."""
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value], None
+    path = str(value)
+    ext = _suffix(path)
+    if ext == ".json":
+        return [str(v) for v in json.loads(Path(path).read_text())], path
+    with open(path, newline="") as f:
+        rows = [r for r in csv.reader(f, delimiter="\t" if ext == ".tsv" else ",") if r]
+    if not rows:
+        return [], path
+    values = rows[-1]
+    return values, path
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return np.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _check_image(sid: str, key: str, path: str, content: bool, expect_3d: bool) -> tuple[list[Problem], dict | None]:
+    problems: list[Problem] = []
+    if not os.path.exists(path):
+        return [Problem("error", sid, path, f"{key}: file not found")], None
+    try:
+        shape, affine, data = _read_image(path, content)
+    except _Unreadable as e:
+        return [Problem("error", sid, path, f"{key}: {e}")], None
+    if expect_3d and len(shape) > 3 and any(s > 1 for s in shape[3:]):
+        problems.append(Problem("error", sid, path, f"{key}: 4D volume {shape} where a 3D one is expected "
+                                                     "(split the time/channel axis into separate files)"))
+    if data is not None:
+        nan, inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
+        if nan:
+            problems.append(Problem("error", sid, path, f"{key}: NaN voxels ({nan} of {data.size})"))
+        if inf:
+            problems.append(Problem("error", sid, path, f"{key}: Inf voxels ({inf} of {data.size})"))
+        finite = data[np.isfinite(data)]
+        if finite.size == 0 or finite.max() == finite.min():
+            value = float(finite.flat[0]) if finite.size else float("nan")
+            problems.append(Problem("error", sid, path, f"{key}: empty volume (every voxel is {value:g})"))
+    return problems, {"shape": tuple(shape[:3]), "affine": affine, "data": data}
+
+
+def validate_entries(
+    entries: Iterable[Any],
+    image_keys: Sequence[str],
+    *,
+    required_keys: Sequence[str] | None = None,
+    label_key: str | None = None,
+    label_values: Sequence[int] | None = None,
+    class_key: str | None = None,
+    num_classes: int | None = None,
+    gene_key: str | None = None,
+    gene_length: int | None = None,
+    bag_key: str | None = None,
+    min_modalities: int = 1,
+    check_content: bool = True,
+    expect_3d: bool = True,
+    affine_tolerance: float = 1e-3,
+) -> list[Problem]:
+    """Every problem of a list of data dicts (paths already absolute, as ``resolve_datalist`` returns them).
+
+    Args:
+        entries: data dicts.
+        image_keys: modality keys, e.g. ``["t1", "t1ce", "t2", "flair"]``.
+        required_keys: modalities every entry must have (default: all ``image_keys``; ``[]`` for methods that
+            accept any subset, such as BrainMVP).
+        label_key: segmentation label key, checked for shape and (``label_values``) values.
+        class_key: class-label key, an integer in ``[0, num_classes)``.
+        gene_key: gene-expression vector (inline list or CSV/TSV/JSON file) of ``gene_length`` numbers.
+        bag_key: WSI patch-feature bag (``.h5``/``.npy``/``.pt``) of shape ``[N_patches, D]`` with N > 0.
+        min_modalities: fewer present image keys is an error.
+        check_content: also read voxel data (NaN/Inf, empty, label values).
+        expect_3d: a 4D image is an error.
+        affine_tolerance: largest allowed difference between the affines of one study's images.
+    """
     problems: list[Problem] = []
     required = list(image_keys) if required_keys is None else list(required_keys)
-    for i, e in enumerate(entries):
-        sid = str(e.get("subject_id", f"entry {i}"))
-        shapes = {}
-        present = [k for k in image_keys if k in e]
+    ids: Counter = Counter()
+    users: dict[str, list[str]] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            problems.append(Problem("error", f"entry {i}", None, f"is a {type(entry).__name__}, expected an object of file paths"))
+            continue
+        sid = str(entry.get("subject_id", f"entry {i}"))
+        ids[sid] += 1
+        present = [k for k in image_keys if entry.get(k)]
+        if not present:
+            problems.append(Problem("error", sid, None, f"no image at all (expected keys {list(image_keys)})"))
+            continue
+        for key in required:
+            if not entry.get(key):
+                problems.append(Problem("error", sid, None, f"missing modality '{key}'"))
         if len(present) < min_modalities:
-            problems.append(Problem("error", sid, None, f"{len(present)} modalities {present}, at least {min_modalities} needed"))
-        for key in [*image_keys, *([label_key] if label_key and label_key in e else [])]:
-            if key not in e:
-                if key in required:
-                    problems.append(Problem("error", sid, None, f"no '{key}' entry"))
-                continue
-            path = e[key]
-            if not Path(path).exists():
-                problems.append(Problem("error", sid, path, "file not found"))
-                continue
-            try:
-                img = nib.load(path)
-                shapes[key] = (img.shape[:3], img.affine)
-                if check_content:
-                    data = np.asarray(img.dataobj)
-                    if not np.isfinite(data).all():
-                        problems.append(Problem("error", sid, path, "NaN/Inf voxels"))
-                    if key == label_key and label_values is not None:
-                        bad = sorted(set(np.unique(data).astype(int).tolist()) - set(label_values))
-                        if bad:
-                            problems.append(Problem("error", sid, path, f"label values {bad} outside {list(label_values)}"))
-            except Exception as ex:  # noqa: BLE001
-                problems.append(Problem("error", sid, path, f"unreadable: {ex}"))
-        if len({s for s, _ in shapes.values()}) > 1:
-            problems.append(Problem("error", sid, None, f"shapes differ: { {k: s for k, (s, _) in shapes.items()} }"))
+            problems.append(Problem("error", sid, None, f"{len(present)} modalities {present}; at least {min_modalities} needed"))
+        geometry = {}
+        for key in present:
+            path = str(entry[key])
+            users.setdefault(path, []).append(sid)
+            found, info = _check_image(sid, key, path, check_content, expect_3d)
+            problems += found
+            if info:
+                geometry[key] = info
+        shapes = {k: g["shape"] for k, g in geometry.items()}
+        if len(set(shapes.values())) > 1:
+            problems.append(Problem("error", sid, None, f"modalities differ in shape: {shapes}"))
+        affines = {k: g["affine"] for k, g in geometry.items() if g["affine"] is not None}
+        if len(affines) > 1:
+            ref_key, ref = next(iter(affines.items()))
+            for k, a in affines.items():
+                if np.abs(a - ref).max() > affine_tolerance:
+                    problems.append(Problem("error", sid, str(entry[k]), f"affine of {k} differs from {ref_key}'s by "
+                                                                         f"{np.abs(a - ref).max():.3g} (not co-registered)"))
+        if label_key and entry.get(label_key) is not None:
+            problems += _check_label(sid, str(entry[label_key]), label_key, label_values, shapes, check_content, expect_3d)
+        if class_key and class_key in entry:
+            problems += _check_class(sid, entry[class_key], class_key, num_classes)
+        if gene_key and gene_key in entry:
+            problems += _check_genes(sid, entry[gene_key], gene_length)
+        if bag_key and bag_key in entry:
+            problems += _check_bag(sid, str(entry[bag_key]))
+    problems += [Problem("error", sid, None, f"subject id used by {n} entries") for sid, n in ids.items() if n > 1]
+    problems += [Problem("warning", ", ".join(s), path, f"the same file is used by {len(s)} entries")
+                 for path, s in users.items() if len(s) > 1]
     return problems
 
 
-def check_or_raise(entries_or_datalist, image_keys: Sequence[str], **kw) -> None:
-    problems = validate_entries(list(entries_or_datalist), image_keys, **kw)
+def _check_label(sid: str, path: str, key: str, values: Sequence[int] | None, shapes: dict, content: bool,
+                 expect_3d: bool) -> list[Problem]:
+    found, info = _check_image(sid, key, path, content, expect_3d)
+    found = [p for p in found if "empty volume" not in p.message]  # an all-background label is legal
+    if info is None:
+        return found
+    image_shape = next(iter(shapes.values()), None)
+    if image_shape is not None and info["shape"] != image_shape:
+        found.append(Problem("error", sid, path, f"{key}: shape {info['shape']} differs from the images' {image_shape}"))
+    if values is not None and info["data"] is not None:
+        data = info["data"][np.isfinite(info["data"])]
+        present = np.unique(data)
+        if not np.allclose(present, np.round(present)):
+            found.append(Problem("error", sid, path, f"{key}: non-integer label values (e.g. {present[~np.isclose(present, np.round(present))][:3].tolist()})"))
+        bad = sorted(set(np.round(present).astype(int).tolist()) - set(int(v) for v in values))
+        if bad:
+            found.append(Problem("error", sid, path, f"{key}: label values {bad} outside the label set {list(values)}"))
+    return found
+
+
+def _check_class(sid: str, value: Any, key: str, num_classes: int | None) -> list[Problem]:
+    if isinstance(value, bool) or not (isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer())):
+        return [Problem("error", sid, None, f"{key} {value!r} is not an integer class")]
+    if num_classes is not None and not 0 <= int(value) < num_classes:
+        return [Problem("error", sid, None, f"{key} {value} outside 0..{num_classes - 1}")]
+    return []
+
+
+def _check_genes(sid: str, value: Any, length: int | None) -> list[Problem]:
+    try:
+        values, path = _gene_values(value)
+    except FileNotFoundError:
+        return [Problem("error", sid, str(value), "gene vector file not found")]
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        return [Problem("error", sid, str(value), f"gene vector unreadable ({type(e).__name__}: {e})")]
+    problems = []
+    bad = [(j, v) for j, v in enumerate(values) if not _is_number(v)]
+    if bad:
+        j, v = bad[0]
+        problems.append(Problem("error", sid, path, f"gene vector has {len(bad)} non-numeric entries (first: index {j}, {v!r})"))
+    if length is not None and len(values) != length:
+        problems.append(Problem("error", sid, path, f"gene vector of length {len(values)}, expected {length}"))
+    return problems
+
+
+def _check_bag(sid: str, path: str) -> list[Problem]:
+    if not os.path.exists(path):
+        return [Problem("error", sid, path, "feature bag not found")]
+    try:
+        bag = _read_bag(path)
+    except _Unreadable as e:
+        return [Problem("error", sid, path, str(e))]
+    if bag.ndim != 2:
+        return [Problem("error", sid, path, f"feature bag of shape {bag.shape}, expected [patches, features]")]
+    if bag.shape[0] == 0:
+        return [Problem("error", sid, path, "WSI feature bag has zero patches")]
+    if not np.isfinite(bag).all():
+        return [Problem("error", sid, path, "feature bag has NaN/Inf values")]
+    return []
+
+
+def validate_datalist(datalist: str, image_keys: Sequence[str], splits: Sequence[str] = ("training", "validation"),
+                      base_dir: str | None = None, **kwargs: Any) -> list[Problem]:
+    """Every problem of the ``splits`` of a decathlon-style JSON (paths relative to it or to ``base_dir``)."""
+    from common.data.datalist import load_datalist_json
+
+    problems, entries = [], []
+    for split in splits:
+        try:
+            entries += load_datalist_json(datalist, split, image_keys, base_dir=base_dir)
+        except KeyError:
+            continue
+        except (FileNotFoundError, ValueError) as e:
+            return [Problem("error", "datalist", datalist, str(e))]
+    if not entries:
+        problems.append(Problem("error", "datalist", datalist, f"no entries in {list(splits)}"))
+    return problems + validate_entries(entries, image_keys, **kwargs)
+
+
+def check_or_raise(entries_or_datalist: Iterable[Any] | str, image_keys: Sequence[str], **kwargs: Any) -> None:
+    """Validate, log warnings, raise :class:`DataValidationError` listing every error."""
+    if isinstance(entries_or_datalist, (str, os.PathLike)):
+        problems = validate_datalist(str(entries_or_datalist), image_keys, **kwargs)
+    else:
+        problems = validate_entries(list(entries_or_datalist), image_keys, **kwargs)
     for p in problems:
         if p.severity == "warning":
             logger.warning(str(p))
     if any(p.severity == "error" for p in problems):
         raise DataValidationError(problems)
+    logger.info(f"data check passed ({sum(p.severity == 'warning' for p in problems)} warnings)")
