@@ -58,3 +58,39 @@ def test_hybrid_mask_composition_and_untouched_voxels(shape, use_mod, pos, patch
     y = apply_mask(x, m, p)
     vox = m.view(b, c, *grid).repeat_interleave(2, 2).repeat_interleave(2, 3).repeat_interleave(2, 4)
     assert torch.equal(y[~vox], x[~vox]) and (y[vox] == 0).all() and torch.isfinite(y).all()
+
+
+from common.masking.cross_modal import cross_modal_mask, cube_mask  # noqa: E402
+from common.masking.template_replace import replacement_masks, template_copies  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.tuples(st.integers(4, 40), st.integers(4, 40), st.integers(4, 40)), st.integers(1, 3), st.sampled_from([2, 4, 8]),
+       st.floats(0.0, 1.0), seeds)
+def test_cube_mask_property(shape, batch, cube, ratio, seed):
+    m = cube_mask(shape, batch, cube, ratio, g(seed))
+    assert m.shape == (batch, 1, *shape)
+    cells = [-(-s // cube) for s in shape]
+    corners = m[:, :, ::cube, ::cube, ::cube]
+    assert (corners.flatten(1).sum(1) == round(ratio * cells[0] * cells[1] * cells[2])).all()
+    x, f = torch.rand(batch, 1, *shape, generator=g(seed)), torch.rand(batch, 1, *shape, generator=g(seed + 1)) + 2
+    y = cross_modal_mask(x, f, m)
+    assert torch.equal(y[~m], x[~m]) and torch.equal(y[m], f[m]) and torch.isfinite(y).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 8), st.floats(0.0, 1.0), seeds)
+def test_template_replacement_property(batch, channels, drop, seed):
+    avail = torch.rand(batch, channels, generator=g(seed)) >= drop
+    first, second = replacement_masks(avail, g(seed + 1))
+    for m in (first, second):
+        assert not (m & ~avail).any() and (m.sum(1) <= channels - 1).all()
+    can = avail.sum(1).clamp(max=channels - 1) > 0
+    assert ((first.sum(1) != second.sum(1)) | ~can).all()
+    x = torch.rand(batch, channels, 4, 4, 4, generator=g(seed))
+    t = torch.rand(1, channels, 4, 4, 4, generator=g(seed + 2)) + 5
+    a, b = template_copies(x, t, avail, generator=g(seed + 3))
+    for copy in (a, b):
+        replaced = (copy >= 5).all(dim=(2, 3, 4))
+        kept = torch.isclose(copy, x).all(dim=(2, 3, 4))
+        assert (replaced | kept).all() and torch.isfinite(copy).all()
