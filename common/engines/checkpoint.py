@@ -107,6 +107,45 @@ class _RNG:
         set_rng_state(state)
 
 
+class _TransformRNG:
+    """The random states of a dataset's MONAI ``Randomizable`` transforms (each owns a NumPy ``RandomState``):
+    with data loaded in the main process they, not the global generators, decide crops and flips."""
+
+    def __init__(self, dataset: Any) -> None:
+        from monai.transforms import Compose, Randomizable
+
+        transform = getattr(dataset, "transform", dataset)
+        flat = transform.flatten().transforms if isinstance(transform, Compose) else [transform]
+        self.transforms: list = []
+        seen: set[int] = set()
+
+        def collect(obj: Any, depth: int) -> None:  # dictionary transforms draw from inner array transforms' R
+            if id(obj) in seen or depth > 3:
+                return
+            seen.add(id(obj))
+            if isinstance(obj, Randomizable):
+                self.transforms.append(obj)
+            children = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else \
+                vars(obj).values() if hasattr(obj, "__dict__") and isinstance(obj, (Randomizable, Compose)) else ()
+            for child in children:
+                if isinstance(child, (Randomizable, Compose, list, tuple, dict)):
+                    collect(child, depth + 1)
+
+        for t in flat:
+            collect(t, 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        states = [t.R.get_state() for t in self.transforms]
+        return {"keys": [torch.from_numpy(s[1].astype(np.int64)) for s in states], "pos": [int(s[2]) for s in states],
+                "has_gauss": [int(s[3]) for s in states], "cached": [float(s[4]) for s in states]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if len(state["keys"]) != len(self.transforms):
+            raise ValueError(f"checkpoint has {len(state['keys'])} random transforms, the pipeline {len(self.transforms)}")
+        for t, k, p, h, c in zip(self.transforms, state["keys"], state["pos"], state["has_gauss"], state["cached"]):
+            t.R.set_state(("MT19937", k.numpy().astype(np.uint32), p, h, c))
+
+
 def _is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
@@ -127,6 +166,9 @@ class ResumableCheckpoint:
         save_interval: epochs between checkpoints.
         n_saved: how many checkpoints to keep (oldest deleted first).
         resume: look for a checkpoint at start-up.
+        dataset: the training dataset, whose random transforms' states are saved too, so a resumed run draws the
+            crops and flips an uninterrupted run would (with ``num_workers=0``; worker processes are re-seeded
+            from the restored torch generator every epoch anyway).
 
     Only the main process (rank 0) writes; every process resumes from the same file.
     """
@@ -141,11 +183,14 @@ class ResumableCheckpoint:
         save_interval: int = 1,
         n_saved: int = 2,
         resume: bool = True,
+        dataset: Any | None = None,
     ) -> None:
         if save_interval < 1 or n_saved < 1:
             raise ValueError(f"save_interval and n_saved must be >= 1, got {save_interval} and {n_saved}")
         self.save_dir = Path(save_dir)
         self.save_dict = {**save_dict, "rng": _RNG()}
+        if dataset is not None:
+            self.save_dict["transforms"] = _TransformRNG(dataset)
         self.final_path = final_path
         self.final_key = final_key
         self.extra_final = dict(extra_final or {})
