@@ -63,9 +63,9 @@ class ViTClassifier(nn.Module):
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean-pooled final tokens ``[B, hidden]``."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
-            tokens, _ = self.vit(x)  # [B, L, hidden]
+        """Mean-pooled final tokens ``[B, hidden]`` (a frozen encoder builds no autograd graph: nothing in it
+        requires gradients)."""
+        tokens, _ = self.vit(x)  # [B, L, hidden]
         return tokens.mean(dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
