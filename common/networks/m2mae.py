@@ -17,7 +17,20 @@ from monai.utils import ensure_tuple_rep
 from common.losses.barlow import pyramid_barlow_loss
 from common.masking.hybrid import apply_mask, hybrid_mask
 
-__all__ = ["M2MAE", "m2mae_vit_base_patch16", "m2mae_vit_tiny"]
+__all__ = ["M2MAE", "m2mae_vit_base_patch16", "m2mae_vit_tiny", "set_fused_attention"]
+
+
+def set_fused_attention(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch every MONAI ``SABlock`` in ``module`` between fused (``scaled_dot_product_attention``) and explicit
+    attention. MONAI's ``ViT``/``UNETR`` do not expose the switch; the block reads it at every forward."""
+    from monai.networks.blocks import SABlock
+
+    for block in module.modules():
+        if isinstance(block, SABlock):
+            if enabled and (block.save_attn or block.rel_positional_embedding is not None):
+                raise ValueError("fused attention cannot save attention maps or use relative position embeddings")
+            block.use_flash_attention = enabled
+    return module
 
 
 class M2MAE(nn.Module):
@@ -37,6 +50,8 @@ class M2MAE(nn.Module):
         use_modality_mask, position_ratio, patch_ratio: hybrid mask pattern settings, see ``hybrid_mask``.
         redundancy_weight, pbt_center: Barlow Twins settings, see ``barlow_twins_loss``.
         mse_on: ``"all"`` voxels as written in Eq. 7, or only the ``"masked"`` patches as in MAE.
+        fused_attention: PyTorch's fused scaled-dot-product attention in every block (same maths, less memory;
+            M2-MAE never needs the attention matrix itself). A runtime switch: the weights are the same.
 
     Example::
 
@@ -64,6 +79,7 @@ class M2MAE(nn.Module):
         redundancy_weight: float = 1.0,
         pbt_center: bool = True,
         mse_on: str = "all",
+        fused_attention: bool = True,
     ) -> None:
         super().__init__()
         self.img_size = ensure_tuple_rep(img_size, 3)
@@ -97,6 +113,7 @@ class M2MAE(nn.Module):
             spatial_dims=3,
             qkv_bias=qkv_bias,
         )
+        set_fused_attention(self.vit, fused_attention)
         # g(.): the whole decoder is one linear projection from a token to its patch in every modality
         self.decoder = nn.Linear(hidden_size, in_channels * self.patch_size[0] * self.patch_size[1] * self.patch_size[2])
 
