@@ -118,7 +118,7 @@ class EncoderClassifier(nn.Module):
 
     Args:
         backbone: a network from :func:`build_backbone` (only its ``encoder`` is kept).
-        num_classes: outputs of the head.
+        num_classes: outputs of the head; 0 returns the pooled features (feature extraction).
         dropout: dropout before the head.
     """
 
@@ -126,7 +126,7 @@ class EncoderClassifier(nn.Module):
         super().__init__()
         self.encoder = backbone.encoder
         width = self.encoder(torch.zeros(1, _in_channels(self.encoder), 32, 32, 32))[-1].shape[1]
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes))
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes)) if num_classes > 0 else nn.Identity()
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.encoder(x)

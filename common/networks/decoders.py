@@ -14,7 +14,7 @@ import torch.nn as nn
 from monai.networks.blocks import UnetResBlock
 from monai.networks.blocks.dynunet_block import get_conv_layer
 
-__all__ = ["UpDecoder"]
+__all__ = ["UpDecoder", "EncoderDecoder"]
 
 
 class UpDecoder(nn.Module):
@@ -51,3 +51,45 @@ class UpDecoder(nn.Module):
             x = up(x)
             x = block(torch.cat([x, skip_feature], dim=1) if self.skip else x)
         return self.head(self.final_block(self.final_up(x)))
+
+
+class EncoderDecoder(nn.Module):
+    """An ``encoder`` (returning features shallowest first), an ``UpDecoder`` and an optional projection head.
+
+    The shared shape of BrainMVP's backbones: ``encode`` / ``decode`` for the template-consistency trainer,
+    ``pool`` / ``embed`` for the contrastive loss, ``encoder.*`` keys for downstream loading.
+
+    Args:
+        encoder: module mapping an image to a list of feature maps.
+        feature_channels: channels of those features, shallowest first.
+        out_channels: decoder output channels.
+        skip_connections: decoder skips (downstream) or none (pre-training).
+        final_stride: up-sampling from the shallowest feature to the input.
+        proj_dim: optional 2-layer projection head on the pooled deepest feature.
+    """
+
+    def __init__(self, encoder: nn.Module, feature_channels: Sequence[int], out_channels: int, skip_connections: bool,
+                 final_stride: int = 1, proj_dim: int | None = None) -> None:
+        super().__init__()
+        deepest = feature_channels[-1]
+        self.encoder = encoder
+        self.decoder = UpDecoder(feature_channels, out_channels, skip=skip_connections, final_stride=final_stride)
+        self.projection = nn.Sequential(nn.Linear(deepest, deepest), nn.ReLU(inplace=True),
+                                        nn.Linear(deepest, proj_dim)) if proj_dim else nn.Identity()
+        self.embed_dim = proj_dim or deepest
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.encoder(x)
+
+    def pool(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Global-average-pooled deepest feature (through the projection head if any): ``[B, embed_dim]``."""
+        return self.projection(features[-1].mean(dim=(2, 3, 4)))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.encode(x))
+
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.decoder(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))

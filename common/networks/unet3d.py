@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from monai.networks.nets.basic_unet import Down, TwoConv
 
-from common.networks.decoders import UpDecoder
+from common.networks.decoders import EncoderDecoder
 
 __all__ = ["UNet3DEncoder", "UNet3D", "unet3d", "unet3d_tiny"]
 
@@ -29,7 +29,7 @@ class UNet3DEncoder(nn.Module):
         return feats
 
 
-class UNet3D(nn.Module):
+class UNet3D(EncoderDecoder):
     """3D U-Net with ``encoder`` / ``decoder`` parts; ``skip_connections=False`` for BrainMVP pre-training.
 
     Args:
@@ -48,28 +48,7 @@ class UNet3D(nn.Module):
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, features: Sequence[int] = (32, 64, 128, 256, 512),
                  skip_connections: bool = True, proj_dim: int | None = None) -> None:
-        super().__init__()
-        self.encoder = UNet3DEncoder(in_channels, features)
-        self.decoder = UpDecoder(features, out_channels, skip=skip_connections, final_stride=1)
-        self.projection = nn.Sequential(nn.Linear(features[-1], features[-1]), nn.ReLU(inplace=True),
-                                        nn.Linear(features[-1], proj_dim)) if proj_dim else nn.Identity()
-        self.embed_dim = proj_dim or features[-1]
-
-    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.encoder(x)
-
-    def pool(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Global-average-pooled deepest feature (through the projection head if any): ``[B, embed_dim]``."""
-        return self.projection(features[-1].mean(dim=(2, 3, 4)))
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.encode(x))
-
-    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return self.decoder(features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+        super().__init__(UNet3DEncoder(in_channels, features), features, out_channels, skip_connections, 1, proj_dim)
 
 
 def unet3d(in_channels: int = 1, out_channels: int = 1, **kwargs) -> UNet3D:

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks import MLPBlock, SABlock
 
-from common.networks.decoders import UpDecoder
+from common.networks.decoders import EncoderDecoder
 
 __all__ = ["UniFormerEncoder", "UniFormer3D", "uniformer_small", "uniformer_tiny"]
 
@@ -88,7 +88,7 @@ class UniFormerEncoder(nn.Module):
         return feats
 
 
-class UniFormer3D(nn.Module):
+class UniFormer3D(EncoderDecoder):
     """UniFormer encoder + up-sampling decoder; BrainMVP's default backbone.
 
     Args:
@@ -111,28 +111,8 @@ class UniFormer3D(nn.Module):
     def __init__(self, in_channels: int = 1, out_channels: int = 1, dims: Sequence[int] = (64, 128, 320, 512),
                  depths: Sequence[int] = (3, 4, 8, 3), head_dim: int = 64, skip_connections: bool = True,
                  proj_dim: int | None = None, fused_attention: bool = True) -> None:
-        super().__init__()
-        self.encoder = UniFormerEncoder(in_channels, dims, depths, head_dim, fused_attention=fused_attention)
-        self.decoder = UpDecoder(dims, out_channels, skip=skip_connections, final_stride=4)
-        self.projection = nn.Sequential(nn.Linear(dims[-1], dims[-1]), nn.ReLU(inplace=True),
-                                        nn.Linear(dims[-1], proj_dim)) if proj_dim else nn.Identity()
-        self.embed_dim = proj_dim or dims[-1]
-
-    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.encoder(x)
-
-    def pool(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Global-average-pooled deepest feature (through the projection head if any): ``[B, embed_dim]``."""
-        return self.projection(features[-1].mean(dim=(2, 3, 4)))
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.encode(x))
-
-    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return self.decoder(features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+        encoder = UniFormerEncoder(in_channels, dims, depths, head_dim, fused_attention=fused_attention)
+        super().__init__(encoder, dims, out_channels, skip_connections, 4, proj_dim)
 
 
 def uniformer_small(in_channels: int = 1, out_channels: int = 1, **kwargs) -> UniFormer3D:
