@@ -8,6 +8,7 @@ Examples::
 
     python tools/compare_pretraining.py                      # m2mae -> m2mae_seg, CPU-sized defaults
     python tools/compare_pretraining.py --pretrain_epochs 100 --finetune_epochs 50 --roi_size 96 --size base
+    python tools/compare_pretraining.py --pretrain brainmvp --downstream brainmvp_seg --work_dir runs_brainmvp
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ import fire
 
 REPO = Path(__file__).resolve().parents[1]
 
-# encoder sizes shared by the pre-training and the downstream bundle (both must agree)
+# encoder sizes shared by the pre-training and the downstream bundle (both must agree), per method
 SIZES = {
-    "tiny": {"hidden_size": 96, "mlp_dim": 384, "num_heads": 4},
-    "small": {"hidden_size": 384, "mlp_dim": 1536, "num_heads": 6},
-    "base": {"hidden_size": 768, "mlp_dim": 3072, "num_heads": 12},
+    "m2mae": {
+        "tiny": {"hidden_size": 96, "mlp_dim": 384, "num_heads": 4},
+        "small": {"hidden_size": 384, "mlp_dim": 1536, "num_heads": 6},
+        "base": {"hidden_size": 768, "mlp_dim": 3072, "num_heads": 12},
+    },
+    "brainmvp": {"tiny": {"backbone_size": "tiny"}, "small": {"backbone_size": "small"}, "base": {"backbone_size": "small"}},
 }
 
 
@@ -71,14 +75,15 @@ def compare(
         work_dir: folder for checkpoints, logs and ``comparison.json``.
         pretrain_epochs, finetune_epochs: budgets (the same fine-tuning budget for both arms).
         roi_size: crop edge for both stages.
-        size: encoder size, one of ``tiny``, ``small``, ``base`` (ViT-B, the paper's).
+        size: encoder size, one of ``tiny``, ``small``, ``base`` (M2-MAE: ViT widths 96 / 384 / 768 (ViT-B, the
+            paper's); BrainMVP: tiny or UniFormer-S).
         seed: one seed for everything.
         dataset_dir, datalist: data for both stages (default: the embedded demo set).
         num_workers: data-loading workers.
     """
     work = Path(work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    shared = {**SIZES[size], "roi_size": [roi_size] * 3, "seed": seed, "num_workers": num_workers}
+    shared = {**SIZES[pretrain][size], "roi_size": [roi_size] * 3, "seed": seed, "num_workers": num_workers}
     if dataset_dir:
         shared["dataset_dir"] = dataset_dir
     if datalist:
