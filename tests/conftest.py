@@ -27,8 +27,9 @@ def demo_dataset(tmp_path_factory) -> Path:
     return Path(build_demo_brats(str(out), num_cases=4, spacing=3.0, seed=0))
 
 
-def run_bundle(config_files: list[str] | str, *overrides: str, cwd: Path = REPO, timeout: int = 600,
-               torchrun: int = 0) -> subprocess.CompletedProcess:
+def run_bundle(
+    config_files: list[str] | str, *overrides: str, cwd: Path = REPO, timeout: int = 600, torchrun: int = 0
+) -> subprocess.CompletedProcess:
     """``python -m monai.bundle run`` exactly as a user types it, in a subprocess; fails the test with its output."""
     files = config_files if isinstance(config_files, str) else "[" + ",".join(f"'{f}'" for f in config_files) + "]"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *overrides]
@@ -37,5 +38,7 @@ def run_bundle(config_files: list[str] | str, *overrides: str, cwd: Path = REPO,
     env = {**os.environ, "OMP_NUM_THREADS": "1" if torchrun else os.environ.get("OMP_NUM_THREADS", "2")}
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
-        pytest.fail(f"bundle run failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        pytest.fail(
+            f"bundle run failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc

@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import pytest
 import torch
-
-from conftest import REPO, run_bundle
+from conftest import run_bundle
 
 TRAIN = "bundles/brainmvp/configs/train.json"
 MULTI_GPU = "bundles/brainmvp/configs/multi_gpu_train.json"
 
 
 def tiny(out: Path, epochs: int, backbone: str = "uniformer") -> list[str]:
-    return ["--demo", "{'num_cases': 4, 'spacing': 3.0, 'num_missing': 1}", "--backbone", backbone, "--backbone_size", "tiny",
-            "--roi_size", "[32,32,32]", "--num_workers", "0", "--epochs", str(epochs),
-            "--ckpt_dir", str(out / "models"), "--output_dir", str(out / "logs")]
-
-
+    return [
+        "--demo",
+        "{'num_cases': 4, 'spacing': 3.0, 'num_missing': 1}",
+        "--backbone",
+        backbone,
+        "--backbone_size",
+        "tiny",
+        "--roi_size",
+        "[32,32,32]",
+        "--num_workers",
+        "0",
+        "--epochs",
+        str(epochs),
+        "--ckpt_dir",
+        str(out / "models"),
+        "--output_dir",
+        str(out / "logs"),
+    ]
 
 
 @pytest.mark.slow
@@ -37,7 +47,9 @@ def test_train_with_missing_modalities_saves_encoder_and_templates(tmp_path, bac
     assert state["templates.templates"].abs().sum() > 0  # trained away from the zero initialisation
     exported = sorted(p.name for p in (tmp_path / "models" / "templates").glob("*.nii.gz"))
     assert exported == ["template_flair.nii.gz", "template_t1.nii.gz", "template_t1ce.nii.gz", "template_t2.nii.gz"]
-    assert nib.load(tmp_path / "models" / "templates" / "template_t1.nii.gz").shape == tuple(state["templates.templates"].shape[2:])
+    assert nib.load(tmp_path / "models" / "templates" / "template_t1.nii.gz").shape == tuple(
+        state["templates.templates"].shape[2:]
+    )
 
 
 @pytest.mark.slow
@@ -68,8 +80,20 @@ def test_inference_extracts_encoder_features(tmp_path, monkeypatch):
     monkeypatch.setenv("MMPT_CACHE_DIR", str(tmp_path / "cache"))
     run_bundle(TRAIN, *tiny(tmp_path, 1))
     demo = tiny(tmp_path, 1)[:2]
-    proc = run_bundle("bundles/brainmvp/configs/inference.json", *demo, "--backbone_size", "tiny", "--roi_size", "[32,32,32]",
-                      "--modality", "flair", "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"))
+    proc = run_bundle(
+        "bundles/brainmvp/configs/inference.json",
+        *demo,
+        "--backbone_size",
+        "tiny",
+        "--roi_size",
+        "[32,32,32]",
+        "--modality",
+        "flair",
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+        "--output_dir",
+        str(tmp_path / "eval"),
+    )
     assert "pre-trained encoder tensors" in proc.stdout + proc.stderr
     rows = (tmp_path / "eval" / "features.csv").read_text().splitlines()
     assert rows and all(len(r.split(",")) == 1 + 64 for r in rows)  # file name + the tiny UniFormer's 64 features

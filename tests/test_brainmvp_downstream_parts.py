@@ -1,6 +1,5 @@
 """BrainMVP downstream: template copies (appendix A), consistency on encoder features (Eq. 7), box tracking."""
 
-import numpy as np
 import pytest
 import torch
 

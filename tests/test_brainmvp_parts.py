@@ -5,8 +5,13 @@ import math
 import pytest
 import torch
 
-from common.losses.brainmvp import (brainmvp_loss, cross_modal_reconstruction_loss, distillation_loss, info_nce,
-                                    modality_contrastive_loss)
+from common.losses.brainmvp import (
+    brainmvp_loss,
+    cross_modal_reconstruction_loss,
+    distillation_loss,
+    info_nce,
+    modality_contrastive_loss,
+)
 from common.masking.cross_modal import cross_modal_mask, cube_mask
 from common.networks.brainmvp import BrainMVP, build_backbone
 from common.networks.templates import ModalityTemplates
@@ -75,7 +80,9 @@ def test_info_nce_and_symmetric_contrastive_by_hand():
     m1 = -math.log(math.exp(1 / tau) / (1 + math.exp(1 / tau)))
     expected = 0.5 * ((l0 + l1) / 2 + (m0 + m1) / 2)
     assert modality_contrastive_loss(f, g, tau).item() == pytest.approx(expected, rel=1e-6)
-    assert brainmvp_loss(torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0), 0.5, 0.25).item() == pytest.approx(2.75)
+    assert brainmvp_loss(torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0), 0.5, 0.25).item() == pytest.approx(
+        2.75
+    )
 
 
 @pytest.mark.parametrize("name", ["uniformer", "unet3d"])
@@ -89,7 +96,9 @@ def test_backbones_shapes_skips_and_encoder_keys(name):
     assert torch.equal(pre.decoder(feats), pre.decoder(changed))
     down = build_backbone(name, "tiny", in_channels=1, out_channels=3, skip_connections=True)
     assert down(x).shape == (1, 3, 32, 32, 32)
-    assert not torch.equal(down.decoder(down.encode(x)), down.decoder([f + 1.0 for f in down.encode(x)[:-1]] + [down.encode(x)[-1]]))
+    assert not torch.equal(
+        down.decoder(down.encode(x)), down.decoder([f + 1.0 for f in down.encode(x)[:-1]] + [down.encode(x)[-1]])
+    )
     enc = {k: v for k, v in pre.state_dict().items() if k.startswith("encoder.")}
     result = down.load_state_dict(enc, strict=False)
     assert [k for k in result.missing_keys if k.startswith("encoder.")] == []
@@ -104,7 +113,9 @@ def test_brainmvp_forward_losses_and_template_gradient():
     (out["loss_cmr"] + out["loss_md"] + out["loss_cl"]).backward()
     g = net.templates.templates.grad
     assert g[0].abs().sum() > 0 and g[2].abs().sum() > 0 and g[1].abs().sum() == 0  # only the drawn X_im modalities
-    assert "loss_cl" not in net(image, torch.tensor([[0, 1], [2, 0]]), torch.tensor([[0, 0, 0], [8, 8, 8]]), use_contrastive=False)
+    assert "loss_cl" not in net(
+        image, torch.tensor([[0, 1], [2, 0]]), torch.tensor([[0, 0, 0], [8, 8, 8]]), use_contrastive=False
+    )
 
 
 def test_sample_modality_pair_draws_per_sample_from_what_is_present():
@@ -112,7 +123,14 @@ def test_sample_modality_pair_draws_per_sample_from_what_is_present():
     t.set_random_state(0)
     seen = set()
     for _ in range(30):
-        d = t({"subject_id": "S", "t1": torch.zeros(1, 4, 4, 4), "t2": torch.ones(1, 4, 4, 4), "flair": 2 * torch.ones(1, 4, 4, 4)})
+        d = t(
+            {
+                "subject_id": "S",
+                "t1": torch.zeros(1, 4, 4, 4),
+                "t2": torch.ones(1, 4, 4, 4),
+                "flair": 2 * torch.ones(1, 4, 4, 4),
+            }
+        )
         m, n = d["modality_index"].tolist()
         assert m != n and {m, n} <= {0, 2, 3} and d["image"].shape == (2, 4, 4, 4)
         assert d["image"][0].mean().item() == {0: 0, 2: 1, 3: 2}[m]
@@ -129,4 +147,4 @@ def test_crop_with_box_reports_where_it_cut():
     for _ in range(5):
         d = t({"image": vol})
         s = d["box_start"].tolist()
-        assert torch.equal(d["image"], vol[:, s[0]:s[0] + 8, s[1]:s[1] + 8, s[2]:s[2] + 8])
+        assert torch.equal(d["image"], vol[:, s[0] : s[0] + 8, s[1] : s[1] + 8, s[2] : s[2] + 8])

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import run_bundle
 
 from common.networks.brainmvp import BrainMVP, build_backbone
-from conftest import REPO, run_bundle
 
 TRAIN = "bundles/brainmvp_seg/configs/train.json"
 EVALUATE = "bundles/brainmvp_seg/configs/evaluate.json"
@@ -36,12 +34,22 @@ def pretrained(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, demo_dataset, pretrained) -> Path:
     out = tmp_path_factory.mktemp("brainmvp_seg")
-    proc = run_bundle(TRAIN, *TINY, "--dataset_dir", str(demo_dataset.parent), "--epochs", "2", "--pretrained_ckpt",
-                      str(pretrained), "--ckpt_dir", str(out / "models"), "--output_dir", str(out / "logs"))
+    proc = run_bundle(
+        TRAIN,
+        *TINY,
+        "--dataset_dir",
+        str(demo_dataset.parent),
+        "--epochs",
+        "2",
+        "--pretrained_ckpt",
+        str(pretrained),
+        "--ckpt_dir",
+        str(out / "models"),
+        "--output_dir",
+        str(out / "logs"),
+    )
     (out / "train.log").write_text(proc.stdout + proc.stderr)
     return out
-
-
 
 
 @pytest.mark.slow
@@ -54,20 +62,48 @@ def test_train_with_templates_and_inflated_encoder(trained):
 
 @pytest.mark.slow
 def test_from_scratch_switches_augmentation_off_with_a_log_line(tmp_path, demo_dataset):
-    proc = run_bundle(TRAIN, *TINY, "--dataset_dir", str(demo_dataset.parent), "--epochs", "1", "--pretrained_ckpt", "",
-                      "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "logs"))
+    proc = run_bundle(
+        TRAIN,
+        *TINY,
+        "--dataset_dir",
+        str(demo_dataset.parent),
+        "--epochs",
+        "1",
+        "--pretrained_ckpt",
+        "",
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+        "--output_dir",
+        str(tmp_path / "logs"),
+    )
     log = proc.stdout + proc.stderr
     assert "template augmentation is off" in log and "training from scratch" in log
 
 
 @pytest.mark.slow
 def test_evaluate_and_inference(trained, demo_dataset, tmp_path):
-    run_bundle([TRAIN, EVALUATE], *TINY, "--dataset_dir", str(demo_dataset.parent),
-               "--ckpt_dir", str(trained / "models"), "--output_dir", str(trained / "eval"))
+    run_bundle(
+        [TRAIN, EVALUATE],
+        *TINY,
+        "--dataset_dir",
+        str(demo_dataset.parent),
+        "--ckpt_dir",
+        str(trained / "models"),
+        "--output_dir",
+        str(trained / "eval"),
+    )
     rows = dict(csv.reader((trained / "eval" / "metrics.csv").open()))
     assert {"val_dice_tc", "val_dice_wt", "val_dice_et", "val_hd95_wt"} <= set(rows)
-    run_bundle(INFERENCE, *TINY, "--dataset_dir", str(demo_dataset.parent), "--ckpt_dir", str(trained / "models"),
-               "--output_dir", str(tmp_path / "seg"))
+    run_bundle(
+        INFERENCE,
+        *TINY,
+        "--dataset_dir",
+        str(demo_dataset.parent),
+        "--ckpt_dir",
+        str(trained / "models"),
+        "--output_dir",
+        str(tmp_path / "seg"),
+    )
     testing = json.loads(demo_dataset.read_text())["testing"]
     outputs = sorted((tmp_path / "seg").glob("*.nii.gz"))
     assert len(outputs) == len(testing)

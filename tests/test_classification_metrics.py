@@ -16,7 +16,9 @@ def _run(metric, name, outputs):
 
 
 # 3 classes, 6 cases: predicted classes 0,1,2,2,1,0 ; true 0,1,2,1,1,2
-PROBS = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.1, 0.2, 0.7], [0.2, 0.3, 0.5], [0.3, 0.6, 0.1], [0.5, 0.1, 0.4]])
+PROBS = torch.tensor(
+    [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.1, 0.2, 0.7], [0.2, 0.3, 0.5], [0.3, 0.6, 0.1], [0.5, 0.1, 0.4]]
+)
 TRUE = [0, 1, 2, 1, 1, 2]
 ITEMS = [{"pred": p, "label": torch.nn.functional.one_hot(torch.tensor(t), 3).float()} for p, t in zip(PROBS, TRUE)]
 
@@ -36,7 +38,9 @@ def test_binary_auc_by_hand():
     # positives scores 0.9, 0.4 ; negatives 0.3, 0.5 -> pairs won: (0.9>0.3, 0.9>0.5, 0.4>0.3, 0.4<0.5) = 3/4
     scores = [0.9, 0.4, 0.3, 0.5]
     labels = [1, 1, 0, 0]
-    items = [{"pred": torch.tensor([1 - s, s]), "label": torch.nn.functional.one_hot(torch.tensor(t), 2).float()}
-             for s, t in zip(scores, labels)]
+    items = [
+        {"pred": torch.tensor([1 - s, s]), "label": torch.nn.functional.one_hot(torch.tensor(t), 2).float()}
+        for s, t in zip(scores, labels)
+    ]
     metric = ROCAUC(output_transform=lambda out: ([i["pred"] for i in out], [i["label"] for i in out]))
     assert _run(metric, "auc", items) == pytest.approx(0.75)

@@ -35,17 +35,37 @@ def test_every_torch_load_uses_weights_only_true():
 
 
 def test_no_eval_exec_or_pickle_of_data():
-    offenders = [f"{p.relative_to(REPO)}:{c.lineno}" for p in SOURCES for c in _calls(p)
-                 if _name(c.func) in {"eval", "exec", "pickle.load", "pickle.loads", "numpy.load", "np.load"}
-                 and not (_name(c.func) in {"np.load", "numpy.load"}
-                          and any(k.arg == "allow_pickle" and isinstance(k.value, ast.Constant) and k.value.value is False
-                                  for k in c.keywords))]
+    offenders = [
+        f"{p.relative_to(REPO)}:{c.lineno}"
+        for p in SOURCES
+        for c in _calls(p)
+        if _name(c.func) in {"eval", "exec", "pickle.load", "pickle.loads", "numpy.load", "np.load"}
+        and not (
+            _name(c.func) in {"np.load", "numpy.load"}
+            and any(
+                k.arg == "allow_pickle" and isinstance(k.value, ast.Constant) and k.value.value is False
+                for k in c.keywords
+            )
+        )
+    ]
     assert offenders == []
 
 
 def test_nothing_downloads_at_run_time():
-    banned = {"urllib.request.urlretrieve", "urlretrieve", "requests.get", "hf_hub_download", "load_state_dict_from_url",
-              "torch.hub.load", "download_url"}
-    offenders = [f"{p.relative_to(REPO)}:{c.lineno}" for p in SOURCES if "tools" not in p.parts
-                 for c in _calls(p) if _name(c.func) in banned]
+    banned = {
+        "urllib.request.urlretrieve",
+        "urlretrieve",
+        "requests.get",
+        "hf_hub_download",
+        "load_state_dict_from_url",
+        "torch.hub.load",
+        "download_url",
+    }
+    offenders = [
+        f"{p.relative_to(REPO)}:{c.lineno}"
+        for p in SOURCES
+        if "tools" not in p.parts
+        for c in _calls(p)
+        if _name(c.func) in banned
+    ]
     assert offenders == []

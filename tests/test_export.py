@@ -8,14 +8,31 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO
 from monai.bundle import ConfigParser
 
-from conftest import REPO
-
 CASES = {
-    "m2mae_seg": (["--roi_size", "[32,32,32]", "--hidden_size", "48", "--mlp_dim", "96", "--num_heads", "4", "--feature_size", "8"],
-                  [32, 32, 32], False),
-    "m2mae_cls": (["--roi_size", "[32,32,32]", "--hidden_size", "48", "--mlp_dim", "96", "--num_heads", "4"], [32, 32, 32], False),
+    "m2mae_seg": (
+        [
+            "--roi_size",
+            "[32,32,32]",
+            "--hidden_size",
+            "48",
+            "--mlp_dim",
+            "96",
+            "--num_heads",
+            "4",
+            "--feature_size",
+            "8",
+        ],
+        [32, 32, 32],
+        False,
+    ),
+    "m2mae_cls": (
+        ["--roi_size", "[32,32,32]", "--hidden_size", "48", "--mlp_dim", "96", "--num_heads", "4"],
+        [32, 32, 32],
+        False,
+    ),
     # UniFormer's blocks use MONAI's einops-based attention, which TorchScript cannot compile: traced instead
     "brainmvp_seg": (["--backbone_size", "tiny"], [32, 32, 32], True),
     "brainmvp_cls": (["--backbone_size", "tiny", "--roi_size", "[32,32,32]"], [32, 32, 32], True),
@@ -36,9 +53,22 @@ def test_ckpt_export_and_verify_net_in_out(tmp_path, name):
             parser[key[2:]] = value
     net = parser.get_parsed_content("network_def").eval()
     torch.save(net.state_dict(), tmp_path / "model.pt")
-    export = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"),
-              "--ckpt_file", str(tmp_path / "model.pt"), "--meta_file", f"bundles/{name}/configs/metadata.json",
-              "--config_file", config, *args]
+    export = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(tmp_path / "model.ts"),
+        "--ckpt_file",
+        str(tmp_path / "model.pt"),
+        "--meta_file",
+        f"bundles/{name}/configs/metadata.json",
+        "--config_file",
+        config,
+        *args,
+    ]
     if trace:
         export += ["--use_trace", "True", "--input_shape", str([1, 4, *shape]).replace(" ", "")]
     proc = subprocess.run(export, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -48,8 +78,19 @@ def test_ckpt_export_and_verify_net_in_out(tmp_path, name):
     with torch.no_grad():
         assert torch.allclose(scripted(x), net(x), atol=1e-4)
     if "seg" in name:  # image in, image out: MONAI's shape check applies
-        verify = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
-                  f"bundles/{name}/configs/metadata.json", "--config_file", config, *args,
-                  "--_meta_#network_data_format#inputs#image#spatial_shape", str(shape).replace(" ", "")]
+        verify = [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_net_in_out",
+            "network_def",
+            "--meta_file",
+            f"bundles/{name}/configs/metadata.json",
+            "--config_file",
+            config,
+            *args,
+            "--_meta_#network_data_format#inputs#image#spatial_shape",
+            str(shape).replace(" ", ""),
+        ]
         proc = subprocess.run(verify, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0 and "verified with no error" in proc.stdout + proc.stderr, proc.stderr[-2000:]

@@ -4,10 +4,10 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO
 
 from common.engines.checkpoint import load_encoder
 from common.networks.brainmvp import build_backbone, load_templates
-from conftest import REPO
 
 sys.path.insert(0, str(REPO / "tools"))
 import import_brainmvp_weights as tool  # noqa: E402
@@ -31,7 +31,7 @@ def test_official_layout_imports_and_feeds_the_downstream_loaders(tmp_path, back
     prefix = tool.ENCODER_PREFIXES[backbone]
     for key, value in src["state_dict"].items():
         if key.startswith(f"module.{prefix}"):
-            assert torch.equal(ours["backbone.encoder." + key[len(f"module.{prefix}"):]], value)
+            assert torch.equal(ours["backbone.encoder." + key[len(f"module.{prefix}") :]], value)
     assert ours["templates._extra_state"]["modalities"] == ["flair", "t1", "t1ce", "t2", "mra", "pd", "dwi", "adc"]
     templates, found = load_templates(str(tmp_path / "ours.pt"), ["t1", "t1ce", "t2", "flair"])
     assert found == ["t1", "t1ce", "t2", "flair"]

@@ -3,7 +3,6 @@ a NaN loss stops training with a clear message and keeps the last good checkpoin
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -11,10 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
-
 from conftest import REPO, run_bundle
 
 TRAIN = "bundles/m2mae/configs/train.json"
@@ -22,9 +18,30 @@ LINE = re.compile(r"Epoch: (\d+)/\d+, Iter: (\d+)/\d+ -- loss: ([-\d.e+]+)")
 
 
 def args(out: Path, dataset: Path, epochs: int) -> list[str]:
-    return ["--dataset_dir", str(dataset.parent), "--roi_size", "[32,32,32]", "--hidden_size", "48", "--mlp_dim", "96",
-            "--num_heads", "4", "--disc_channels", "8", "--num_workers", "0", "--batch_size", "1", "--epochs", str(epochs),
-            "--ckpt_dir", str(out / "models"), "--output_dir", str(out / "logs")]
+    return [
+        "--dataset_dir",
+        str(dataset.parent),
+        "--roi_size",
+        "[32,32,32]",
+        "--hidden_size",
+        "48",
+        "--mlp_dim",
+        "96",
+        "--num_heads",
+        "4",
+        "--disc_channels",
+        "8",
+        "--num_workers",
+        "0",
+        "--batch_size",
+        "1",
+        "--epochs",
+        str(epochs),
+        "--ckpt_dir",
+        str(out / "models"),
+        "--output_dir",
+        str(out / "logs"),
+    ]
 
 
 def losses(text: str) -> dict[tuple[int, int], float]:
@@ -36,9 +53,23 @@ def test_sigkill_mid_epoch_then_same_command_continues_the_same_curve(tmp_path, 
     reference = losses((lambda p: p.stdout + p.stderr)(run_bundle(TRAIN, *args(tmp_path / "ref", demo_dataset, 4))))
     assert len(reference) == 4 * 3
 
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", TRAIN, *args(tmp_path / "run", demo_dataset, 4)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        TRAIN,
+        *args(tmp_path / "run", demo_dataset, 4),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     seen = []
     for line in proc.stdout:
         seen.append(line)
@@ -64,10 +95,24 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     run_bundle(TRAIN, *args(tmp_path / "run", demo_dataset, 1))
     good = (tmp_path / "run" / "models" / "checkpoints" / "checkpoint_epoch=1.pt").read_bytes()
     # a learning rate of 1e30 makes the next steps explode
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", TRAIN, *args(tmp_path / "run", demo_dataset, 5),
-           "--learning_rate", "1e30", "--warmup_epochs", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        TRAIN,
+        *args(tmp_path / "run", demo_dataset, 5),
+        "--learning_rate",
+        "1e30",
+        "--warmup_epochs",
+        "0",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "non-finite loss at epoch" in proc.stderr and "last checkpoint written before this step is intact" in proc.stderr
+    assert (
+        "non-finite loss at epoch" in proc.stderr
+        and "last checkpoint written before this step is intact" in proc.stderr
+    )
     ckpt_dir = tmp_path / "run" / "models" / "checkpoints"
     assert (ckpt_dir / "checkpoint_epoch=1.pt").read_bytes() == good or (ckpt_dir / "checkpoint_epoch=2.pt").exists()

@@ -3,28 +3,47 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, run_bundle
 from monai.networks.nets import UNETR
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, run_bundle
-
 TRAIN = "bundles/m2mae/configs/train.json"
 MULTI_GPU = "bundles/m2mae/configs/multi_gpu_train.json"
-TINY = ["--roi_size", "[32,32,32]", "--hidden_size", "48", "--mlp_dim", "96", "--num_heads", "4",
-        "--disc_channels", "8", "--num_workers", "0", "--batch_size", "2"]
+TINY = [
+    "--roi_size",
+    "[32,32,32]",
+    "--hidden_size",
+    "48",
+    "--mlp_dim",
+    "96",
+    "--num_heads",
+    "4",
+    "--disc_channels",
+    "8",
+    "--num_workers",
+    "0",
+    "--batch_size",
+    "2",
+]
 
 
 def tiny(out: Path, dataset: Path, epochs: int = 1, *extra: str) -> list[str]:
-    return [*TINY, "--dataset_dir", str(dataset.parent), "--epochs", str(epochs),
-            "--ckpt_dir", str(out / "models"), "--output_dir", str(out / "logs"), *extra]
-
-
+    return [
+        *TINY,
+        "--dataset_dir",
+        str(dataset.parent),
+        "--epochs",
+        str(epochs),
+        "--ckpt_dir",
+        str(out / "models"),
+        "--output_dir",
+        str(out / "logs"),
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -95,8 +114,22 @@ def test_multi_gpu_config_runs_ddp_on_two_cpu_processes(tmp_path, demo_dataset):
 @pytest.mark.slow
 def test_inference_extracts_encoder_features(tmp_path, demo_dataset):
     run_bundle(TRAIN, *tiny(tmp_path, demo_dataset, epochs=1))
-    run_bundle("bundles/m2mae/configs/inference.json", "--roi_size", "[32,32,32]", "--hidden_size", "48", "--mlp_dim", "96",
-               "--num_heads", "4", "--dataset_dir", str(demo_dataset.parent), "--ckpt_dir", str(tmp_path / "models"),
-               "--output_dir", str(tmp_path / "eval"))
+    run_bundle(
+        "bundles/m2mae/configs/inference.json",
+        "--roi_size",
+        "[32,32,32]",
+        "--hidden_size",
+        "48",
+        "--mlp_dim",
+        "96",
+        "--num_heads",
+        "4",
+        "--dataset_dir",
+        str(demo_dataset.parent),
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+        "--output_dir",
+        str(tmp_path / "eval"),
+    )
     rows = (tmp_path / "eval" / "features.csv").read_text().splitlines()
     assert len(rows) == 3 and all(len(r.split(",")) == 1 + 48 for r in rows)  # 3 training subjects, width 48

@@ -15,11 +15,13 @@ ZM = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 2.0], [2.0, 0.0, 1.0]])
 def test_cross_correlation_3x3_by_hand_uncentred():
     # column norms: z: sqrt(2), sqrt(2), sqrt(5); z_m: sqrt(5), sqrt(2), sqrt(5)
     # z^T z_m = [[3, 1, 1], [2, 1, 3], [2, 3, 2]]
-    expected = torch.tensor([
-        [3 / math.sqrt(10), 1 / 2, 1 / math.sqrt(10)],
-        [2 / math.sqrt(10), 1 / 2, 3 / math.sqrt(10)],
-        [2 / 5, 3 / math.sqrt(10), 2 / 5],
-    ])
+    expected = torch.tensor(
+        [
+            [3 / math.sqrt(10), 1 / 2, 1 / math.sqrt(10)],
+            [2 / math.sqrt(10), 1 / 2, 3 / math.sqrt(10)],
+            [2 / 5, 3 / math.sqrt(10), 2 / 5],
+        ]
+    )
     c = cross_correlation(Z, ZM, center=False, eps=0.0)
     assert torch.allclose(c, expected, atol=1e-6)
 
@@ -30,7 +32,9 @@ def test_barlow_loss_3x3_by_hand():
     redundancy = 0.25 + 0.1 + 0.4 + 0.9 + 0.16 + 0.9
     got = barlow_twins_loss(Z, ZM, redundancy_weight=1.0, center=False)
     assert got.item() == pytest.approx(invariance + redundancy, abs=1e-4)
-    assert barlow_twins_loss(Z, ZM, redundancy_weight=0.5, center=False).item() == pytest.approx(invariance + 0.5 * redundancy, abs=1e-4)
+    assert barlow_twins_loss(Z, ZM, redundancy_weight=0.5, center=False).item() == pytest.approx(
+        invariance + 0.5 * redundancy, abs=1e-4
+    )
 
 
 def test_centred_correlation_is_pearson():
@@ -69,10 +73,16 @@ def test_discriminator_loss_is_minus_eq8_by_hand():
 
 def test_adversarial_signs():
     """D's loss falls as it separates real from fake; G's loss falls as D is fooled."""
-    assert discriminator_loss(torch.tensor([3.0]), torch.tensor([-3.0])) < discriminator_loss(torch.tensor([0.0]), torch.tensor([0.0]))
-    assert discriminator_loss(torch.tensor([0.0]), torch.tensor([0.0])) < discriminator_loss(torch.tensor([-3.0]), torch.tensor([3.0]))
+    assert discriminator_loss(torch.tensor([3.0]), torch.tensor([-3.0])) < discriminator_loss(
+        torch.tensor([0.0]), torch.tensor([0.0])
+    )
+    assert discriminator_loss(torch.tensor([0.0]), torch.tensor([0.0])) < discriminator_loss(
+        torch.tensor([-3.0]), torch.tensor([3.0])
+    )
     for ns in (False, True):
-        assert generator_adversarial_loss(torch.tensor([3.0]), ns) < generator_adversarial_loss(torch.tensor([-3.0]), ns)
+        assert generator_adversarial_loss(torch.tensor([3.0]), ns) < generator_adversarial_loss(
+            torch.tensor([-3.0]), ns
+        )
     # gradient directions: D pushes real logits up and fake down; G pushes fake logits up
     real, fake = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
     discriminator_loss(real, fake).backward()

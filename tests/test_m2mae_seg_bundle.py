@@ -12,15 +12,29 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, run_bundle
 
 from common.networks.m2mae import m2mae_vit_tiny
-from conftest import REPO, run_bundle
 
 TRAIN = "bundles/m2mae_seg/configs/train.json"
 EVALUATE = "bundles/m2mae_seg/configs/evaluate.json"
 INFERENCE = "bundles/m2mae_seg/configs/inference.json"
-TINY = ["--roi_size", "[32,32,32]", "--hidden_size", "48", "--mlp_dim", "96", "--num_heads", "4", "--feature_size", "8",
-        "--num_workers", "0", "--sw_batch_size", "1"]
+TINY = [
+    "--roi_size",
+    "[32,32,32]",
+    "--hidden_size",
+    "48",
+    "--mlp_dim",
+    "96",
+    "--num_heads",
+    "4",
+    "--feature_size",
+    "8",
+    "--num_workers",
+    "0",
+    "--sw_batch_size",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +48,22 @@ def tiny_pretrained(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, demo_dataset, tiny_pretrained) -> Path:
     out = tmp_path_factory.mktemp("m2mae_seg")
-    proc = run_bundle(TRAIN, *TINY, "--dataset_dir", str(demo_dataset.parent), "--epochs", "2",
-                      "--ckpt_dir", str(out / "models"), "--output_dir", str(out / "logs"),
-                      "--pretrained_ckpt", str(tiny_pretrained))
+    proc = run_bundle(
+        TRAIN,
+        *TINY,
+        "--dataset_dir",
+        str(demo_dataset.parent),
+        "--epochs",
+        "2",
+        "--ckpt_dir",
+        str(out / "models"),
+        "--output_dir",
+        str(out / "logs"),
+        "--pretrained_ckpt",
+        str(tiny_pretrained),
+    )
     (out / "train.log").write_text(proc.stdout + proc.stderr)
     return out
-
-
 
 
 @pytest.mark.slow
@@ -56,8 +79,23 @@ def test_train_loads_the_pretrained_encoder_and_saves_the_best_model(trained):
 def test_mismatched_pretrained_checkpoint_fails_naming_the_keys(tmp_path, demo_dataset):
     bad = tmp_path / "bad.pt"
     torch.save({"encoder.weight": torch.zeros(1)}, bad)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", TRAIN, *TINY, "--dataset_dir",
-           str(demo_dataset.parent), "--epochs", "1", "--ckpt_dir", str(tmp_path / "m"), "--pretrained_ckpt", str(bad)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        TRAIN,
+        *TINY,
+        "--dataset_dir",
+        str(demo_dataset.parent),
+        "--epochs",
+        "1",
+        "--ckpt_dir",
+        str(tmp_path / "m"),
+        "--pretrained_ckpt",
+        str(bad),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "does not match the encoder" in proc.stderr and "vit.patch_embedding.patch_embeddings.weight" in proc.stderr
@@ -66,8 +104,16 @@ def test_mismatched_pretrained_checkpoint_fails_naming_the_keys(tmp_path, demo_d
 
 @pytest.mark.slow
 def test_evaluate_writes_dice_and_hd95_per_region(trained, demo_dataset):
-    run_bundle([TRAIN, EVALUATE], *TINY, "--dataset_dir", str(demo_dataset.parent),
-               "--ckpt_dir", str(trained / "models"), "--output_dir", str(trained / "eval"))
+    run_bundle(
+        [TRAIN, EVALUATE],
+        *TINY,
+        "--dataset_dir",
+        str(demo_dataset.parent),
+        "--ckpt_dir",
+        str(trained / "models"),
+        "--output_dir",
+        str(trained / "eval"),
+    )
     rows = dict(csv.reader((trained / "eval" / "metrics.csv").open()))
     for region in ("tc", "wt", "et"):
         assert 0.0 <= float(rows[f"val_dice_{region}"]) <= 1.0
@@ -95,8 +141,16 @@ def test_inference_writes_labels_in_the_input_space(trained, tmp_path):
     entry = _write_case(tmp_path / "data" / "case7", (41, 37, 23), affine, rng)
     datalist = tmp_path / "data" / "datalist.json"
     datalist.write_text(json.dumps({"testing": [entry]}))
-    run_bundle(INFERENCE, *TINY, "--datalist", str(datalist), "--ckpt_dir", str(trained / "models"),
-               "--output_dir", str(tmp_path / "out"))
+    run_bundle(
+        INFERENCE,
+        *TINY,
+        "--datalist",
+        str(datalist),
+        "--ckpt_dir",
+        str(trained / "models"),
+        "--output_dir",
+        str(tmp_path / "out"),
+    )
     outputs = list((tmp_path / "out").glob("*.nii.gz"))
     assert len(outputs) == 1
     seg, src = nib.load(outputs[0]), nib.load(entry["t1"])
@@ -115,8 +169,16 @@ def test_inference_reads_dicom_series(trained, tmp_path):
         entry[m] = str(write_dicom_series(tmp_path / "dcm1" / m, np.random.default_rng(i).random((24, 36, 36)) * 500))
     datalist = tmp_path / "datalist.json"
     datalist.write_text(json.dumps({"testing": [entry]}))
-    run_bundle(INFERENCE, *TINY, "--datalist", str(datalist), "--ckpt_dir", str(trained / "models"),
-               "--output_dir", str(tmp_path / "out"))
+    run_bundle(
+        INFERENCE,
+        *TINY,
+        "--datalist",
+        str(datalist),
+        "--ckpt_dir",
+        str(trained / "models"),
+        "--output_dir",
+        str(tmp_path / "out"),
+    )
     outputs = list((tmp_path / "out").glob("*.nii.gz"))
     assert len(outputs) == 1 and nib.load(outputs[0]).shape == (36, 36, 24)
     del pydicom

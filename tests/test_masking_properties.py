@@ -65,8 +65,13 @@ from common.masking.template_replace import replacement_masks, template_copies  
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.tuples(st.integers(4, 40), st.integers(4, 40), st.integers(4, 40)), st.integers(1, 3), st.sampled_from([2, 4, 8]),
-       st.floats(0.0, 1.0), seeds)
+@given(
+    st.tuples(st.integers(4, 40), st.integers(4, 40), st.integers(4, 40)),
+    st.integers(1, 3),
+    st.sampled_from([2, 4, 8]),
+    st.floats(0.0, 1.0),
+    seeds,
+)
 def test_cube_mask_property(shape, batch, cube, ratio, seed):
     m = cube_mask(shape, batch, cube, ratio, g(seed))
     assert m.shape == (batch, 1, *shape)

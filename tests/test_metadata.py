@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 BUNDLES = sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs").is_dir())
@@ -17,9 +16,21 @@ def test_the_collection_has_its_bundles():
 
 @pytest.mark.parametrize("name", BUNDLES)
 def test_metadata_verifies_offline(name):
-    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
-                           f"bundles/{name}/configs/metadata.json", "--filepath", "schemas/meta_schema_20240725.json"],
-                          cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_metadata",
+            "--meta_file",
+            f"bundles/{name}/configs/metadata.json",
+            "--filepath",
+            "schemas/meta_schema_20240725.json",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "metadata is verified with no error" in proc.stdout + proc.stderr
 
@@ -27,8 +38,15 @@ def test_metadata_verifies_offline(name):
 @pytest.mark.parametrize("name", BUNDLES)
 def test_bundle_layout(name):
     bundle = REPO / "bundles" / name
-    for rel in ("configs/train.json", "configs/multi_gpu_train.json", "configs/inference.json", "configs/logging.conf",
-                "docs/README.md", "LICENSE", "large_files.yml"):
+    for rel in (
+        "configs/train.json",
+        "configs/multi_gpu_train.json",
+        "configs/inference.json",
+        "configs/logging.conf",
+        "docs/README.md",
+        "LICENSE",
+        "large_files.yml",
+    ):
         assert (bundle / rel).is_file(), rel
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert meta["version"] in meta["changelog"]

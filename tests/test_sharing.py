@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.networks.nets import UNETR
-
 from conftest import REPO
+from monai.networks.nets import UNETR
 
 sys.path.insert(0, str(REPO / "tools"))
 import download_bundle  # noqa: E402
@@ -43,14 +42,26 @@ def server(tmp_path):
 def seg_bundle_with_weights(tmp_path, monkeypatch):
     """A copy of the repo's m2mae_seg bundle with tiny weights in models/, so packaging lists a real weight file."""
     torch.manual_seed(0)
-    net = UNETR(in_channels=4, out_channels=3, img_size=32, feature_size=8, hidden_size=48, mlp_dim=96, num_heads=4,
-                norm_name="instance", res_block=True)
+    net = UNETR(
+        in_channels=4,
+        out_channels=3,
+        img_size=32,
+        feature_size=8,
+        hidden_size=48,
+        mlp_dim=96,
+        num_heads=4,
+        norm_name="instance",
+        res_block=True,
+    )
     fake_repo = tmp_path / "repo"
     (fake_repo / "bundles").mkdir(parents=True)
     import shutil
 
-    shutil.copytree(REPO / "bundles" / "m2mae_seg", fake_repo / "bundles" / "m2mae_seg",
-                    ignore=shutil.ignore_patterns("*.pt", "logs", "eval", "checkpoints"))
+    shutil.copytree(
+        REPO / "bundles" / "m2mae_seg",
+        fake_repo / "bundles" / "m2mae_seg",
+        ignore=shutil.ignore_patterns("*.pt", "logs", "eval", "checkpoints"),
+    )
     shutil.copytree(REPO / "common", fake_repo / "common", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "requirements.txt", fake_repo / "requirements.txt")
     torch.save(net.state_dict(), fake_repo / "bundles" / "m2mae_seg" / "models" / "model.pt")
@@ -59,8 +70,16 @@ def seg_bundle_with_weights(tmp_path, monkeypatch):
 
 
 def test_closure_vendors_only_what_the_configs_reach():
-    files = {p.relative_to(REPO).as_posix() for p in package_bundle.common_closure(REPO / "bundles" / "m2mae_seg" / "configs")}
-    assert {"common/__init__.py", "common/engines/checkpoint.py", "common/data/datalist.py", "common/transforms/brats.py"} <= files
+    files = {
+        p.relative_to(REPO).as_posix()
+        for p in package_bundle.common_closure(REPO / "bundles" / "m2mae_seg" / "configs")
+    }
+    assert {
+        "common/__init__.py",
+        "common/engines/checkpoint.py",
+        "common/data/datalist.py",
+        "common/transforms/brats.py",
+    } <= files
     assert "common/networks/m2mae.py" not in files  # the segmentation bundle does not need the pre-training network
 
 
@@ -83,16 +102,33 @@ def test_download_by_name_over_http_and_run_standalone(tmp_path, server, seg_bun
     www, url = server
     package_bundle.build("m2mae_seg", out_dir=str(www), base_url=url)
     # by URL with MONAI's own downloader
-    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "download", "--name", "m2mae_seg", "--url",
-                           f"{url}/m2mae_seg_v0.1.0.zip", "--bundle_dir", str(tmp_path / "by_url")],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "download",
+            "--name",
+            "m2mae_seg",
+            "--url",
+            f"{url}/m2mae_seg_v0.1.0.zip",
+            "--bundle_dir",
+            str(tmp_path / "by_url"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "by_url" / "m2mae_seg" / "configs" / "inference.json").is_file()
     # by name and version against the index; weights through large_files.yml, hash-checked
-    installed = Path(download_bundle.download("m2mae_seg", "0.1.0", f"{url}/model_info.json", str(tmp_path / "bundles")))
+    installed = Path(
+        download_bundle.download("m2mae_seg", "0.1.0", f"{url}/model_info.json", str(tmp_path / "bundles"))
+    )
     weight = installed / "models" / "model.pt"
     assert weight.is_file() and package_bundle.sha256(weight) == package_bundle.sha256(
-        seg_bundle_with_weights / "bundles" / "m2mae_seg" / "models" / "model.pt")
+        seg_bundle_with_weights / "bundles" / "m2mae_seg" / "models" / "model.pt"
+    )
 
     # standalone: run inference from inside the unzipped folder; the vendored common is the one imported
     import nibabel as nib
@@ -102,16 +138,41 @@ def test_download_by_name_over_http_and_run_standalone(tmp_path, server, seg_bun
     case.mkdir()
     entry = {}
     for i, m in enumerate(("t1", "t1ce", "t2", "flair")):
-        nib.save(nib.Nifti1Image(np.random.default_rng(i).random((36, 40, 30)).astype(np.float32), np.eye(4)), case / f"{m}.nii.gz")
+        nib.save(
+            nib.Nifti1Image(np.random.default_rng(i).random((36, 40, 30)).astype(np.float32), np.eye(4)),
+            case / f"{m}.nii.gz",
+        )
         entry[m] = str(case / f"{m}.nii.gz")
     (case / "datalist.json").write_text(json.dumps({"testing": [entry]}))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    check = subprocess.run([sys.executable, "-c", "import common; print(common.__file__)"], cwd=installed,
-                           capture_output=True, text=True, env=env)
+    check = subprocess.run(
+        [sys.executable, "-c", "import common; print(common.__file__)"],
+        cwd=installed,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert Path(check.stdout.strip()).resolve() == (installed / "common" / "__init__.py").resolve()
-    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", *TINY,
-                           "--datalist", str(case / "datalist.json"), "--output_dir", str(tmp_path / "out")],
-                          cwd=installed, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "configs/inference.json",
+            *TINY,
+            "--datalist",
+            str(case / "datalist.json"),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        cwd=installed,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list((tmp_path / "out").glob("*.nii.gz"))) == 1
 

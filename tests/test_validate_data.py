@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import subprocess
 import sys
@@ -12,9 +11,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 
 from common.data.validate import DataValidationError, check_or_raise, validate_datalist, validate_entries
-from conftest import REPO
 
 MODS = ["t1", "t2"]
 
@@ -38,8 +37,13 @@ def only(problems, severity="error"):
 
 
 def expect(problems, file_part: str | None, message_part: str, severity: str = "error"):
-    hits = [p for p in problems if p.severity == severity and message_part in p.message
-            and (file_part is None or (p.file and file_part in p.file))]
+    hits = [
+        p
+        for p in problems
+        if p.severity == severity
+        and message_part in p.message
+        and (file_part is None or (p.file and file_part in p.file))
+    ]
     assert hits, f"no {severity} with '{message_part}' for {file_part}: {[str(p) for p in problems]}"
 
 
@@ -50,23 +54,63 @@ def test_clean_entries_have_no_problem(tmp_path):
 
 BROKEN = {
     "missing file": (lambda t: case(t, t1=str(t / "nope.nii.gz")), "nope.nii.gz", "file not found"),
-    "random bytes as NIfTI": (lambda t: case(t, t1=_write(t / "bad.nii.gz", b"not a nifti at all" * 10)), "bad.nii.gz", "cannot be read"),
-    "truncated gzip NIfTI": (lambda t: case(t, t1=_truncate(vol(t / "trunc.nii.gz", shape=(32, 32, 32)))), "trunc.nii.gz", "cannot be read"),
+    "random bytes as NIfTI": (
+        lambda t: case(t, t1=_write(t / "bad.nii.gz", b"not a nifti at all" * 10)),
+        "bad.nii.gz",
+        "cannot be read",
+    ),
+    "truncated gzip NIfTI": (
+        lambda t: case(t, t1=_truncate(vol(t / "trunc.nii.gz", shape=(32, 32, 32)))),
+        "trunc.nii.gz",
+        "cannot be read",
+    ),
     "NaN voxels": (lambda t: case(t, t1=vol(t / "nan.nii.gz", _with(np.nan))), "nan.nii.gz", "NaN voxels (1 of 512)"),
     "Inf voxels": (lambda t: case(t, t1=vol(t / "inf.nii.gz", _with(np.inf))), "inf.nii.gz", "Inf voxels"),
-    "empty volume": (lambda t: case(t, t2=vol(t / "zero.nii.gz", np.zeros((8, 8, 8), np.float32))), "zero.nii.gz", "empty volume"),
-    "shape mismatch": (lambda t: case(t, t2=vol(t / "big.nii.gz", shape=(8, 8, 9))), None, "modalities differ in shape"),
-    "affine mismatch": (lambda t: case(t, t2=vol(t / "shift.nii.gz", affine=np.diag([1.0, 1, 2, 1]))), "shift.nii.gz", "not co-registered"),
+    "empty volume": (
+        lambda t: case(t, t2=vol(t / "zero.nii.gz", np.zeros((8, 8, 8), np.float32))),
+        "zero.nii.gz",
+        "empty volume",
+    ),
+    "shape mismatch": (
+        lambda t: case(t, t2=vol(t / "big.nii.gz", shape=(8, 8, 9))),
+        None,
+        "modalities differ in shape",
+    ),
+    "affine mismatch": (
+        lambda t: case(t, t2=vol(t / "shift.nii.gz", affine=np.diag([1.0, 1, 2, 1]))),
+        "shift.nii.gz",
+        "not co-registered",
+    ),
     "4D volume": (lambda t: case(t, t2=vol(t / "4d.nii.gz", shape=(8, 8, 8, 3))), "4d.nii.gz", "4D volume"),
     "missing modality": (lambda t: {k: v for k, v in case(t).items() if k != "t2"}, None, "missing modality 't2'"),
     "no image at all": (lambda t: {"subject_id": "S1"}, None, "no image at all"),
     "not an object": (lambda t: "just/a/path.nii.gz", None, "expected an object"),
-    "label outside set": (lambda t: case(t, label=vol(t / "lab.nii.gz", _label(5))), "lab.nii.gz", "label values [5] outside"),
-    "label shape": (lambda t: case(t, label=vol(t / "lab2.nii.gz", np.zeros((8, 8, 7), np.uint8))), "lab2.nii.gz", "differs from the images"),
+    "label outside set": (
+        lambda t: case(t, label=vol(t / "lab.nii.gz", _label(5))),
+        "lab.nii.gz",
+        "label values [5] outside",
+    ),
+    "label shape": (
+        lambda t: case(t, label=vol(t / "lab2.nii.gz", np.zeros((8, 8, 7), np.uint8))),
+        "lab2.nii.gz",
+        "differs from the images",
+    ),
     "gene vector length": (lambda t: case(t, genes=[0.1, 0.2, 0.3]), None, "gene vector of length 3, expected 4"),
-    "gene vector non-numeric": (lambda t: case(t, genes=_csv(t / "g.csv", "TP53,EGFR,IDH1,ATRX\n0.1,high,0.3,0.4\n")), "g.csv", "non-numeric entries (first: index 1, 'high')"),
-    "empty WSI bag": (lambda t: case(t, bag=_npy(t / "bag.npy", np.zeros((0, 16), np.float32))), "bag.npy", "zero patches"),
-    "WSI bag wrong rank": (lambda t: case(t, bag=_pt(t / "bag.pt", torch.zeros(16))), "bag.pt", "expected [patches, features]"),
+    "gene vector non-numeric": (
+        lambda t: case(t, genes=_csv(t / "g.csv", "TP53,EGFR,IDH1,ATRX\n0.1,high,0.3,0.4\n")),
+        "g.csv",
+        "non-numeric entries (first: index 1, 'high')",
+    ),
+    "empty WSI bag": (
+        lambda t: case(t, bag=_npy(t / "bag.npy", np.zeros((0, 16), np.float32))),
+        "bag.npy",
+        "zero patches",
+    ),
+    "WSI bag wrong rank": (
+        lambda t: case(t, bag=_pt(t / "bag.pt", torch.zeros(16))),
+        "bag.pt",
+        "expected [patches, features]",
+    ),
     "class label not integer": (lambda t: case(t, grade="high"), None, "is not an integer class"),
     "class label out of range": (lambda t: case(t, grade=3), None, "outside 0..1"),
     "corrupt DICOM": (lambda t: case(t, t1=_dicom_dir(t)), "dcm", "DICOM file"),
@@ -121,8 +165,17 @@ def _dicom_dir(tmp: Path) -> str:
 @pytest.mark.parametrize("kind", sorted(BROKEN))
 def test_each_kind_of_broken_input_is_named(tmp_path, kind):
     make, file_part, message = BROKEN[kind]
-    problems = validate_entries([make(tmp_path)], MODS, label_key="label", label_values=[0, 1, 2, 3],
-                                gene_key="genes", gene_length=4, bag_key="bag", class_key="grade", num_classes=2)
+    problems = validate_entries(
+        [make(tmp_path)],
+        MODS,
+        label_key="label",
+        label_values=[0, 1, 2, 3],
+        gene_key="genes",
+        gene_length=4,
+        bag_key="bag",
+        class_key="grade",
+        num_classes=2,
+    )
     expect(problems, file_part, message)
 
 
@@ -143,8 +196,11 @@ def test_min_modalities_and_optional_modalities(tmp_path):
 def test_every_problem_is_reported_at_once_and_raised_with_file_names(tmp_path):
     for sub in "abc":
         (tmp_path / sub).mkdir()
-    entries = [BROKEN["NaN voxels"][0](tmp_path / "a"), BROKEN["missing file"][0](tmp_path / "b"),
-               BROKEN["label outside set"][0](tmp_path / "c")]
+    entries = [
+        BROKEN["NaN voxels"][0](tmp_path / "a"),
+        BROKEN["missing file"][0](tmp_path / "b"),
+        BROKEN["label outside set"][0](tmp_path / "c"),
+    ]
     for i, e in enumerate(entries):
         e["subject_id"] = f"S{i}"
     problems = validate_entries(entries, MODS, label_key="label", label_values=[0, 1, 2, 3])
@@ -173,8 +229,23 @@ def test_trainer_refuses_bad_data_before_the_first_step(tmp_path):
     entry = case(tmp_path, "S1", t1=vol(tmp_path / "nan.nii.gz", _with(np.nan)))
     entry = {**entry, "t1ce": entry["t1"], "flair": entry["t2"]}
     (tmp_path / "datalist.json").write_text(json.dumps({"training": [entry]}))
-    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundles/m2mae/configs/train.json",
-                           "--datalist", str(tmp_path / "datalist.json"), "--ckpt_dir", str(tmp_path / "m")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "bundles/m2mae/configs/train.json",
+            "--datalist",
+            str(tmp_path / "datalist.json"),
+            "--ckpt_dir",
+            str(tmp_path / "m"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0 and "NaN voxels" in proc.stderr and "nan.nii.gz" in proc.stderr
     assert not (tmp_path / "m" / "checkpoints").exists()

@@ -57,7 +57,9 @@ def _m2mae(shape: str, batch: int | None = None, edge: int | None = None) -> Cas
     e = edge or (96 if paper else 32)
     size = dict(hidden_size=768, mlp_dim=3072, num_heads=12) if paper else dict(hidden_size=48, mlp_dim=96, num_heads=4)
     net = M2MAE(in_channels=4, img_size=e, patch_size=16, **size)
-    disc = PatchDiscriminator(spatial_dims=3, channels=32 if paper else 8, in_channels=4, num_layers_d=3, norm="INSTANCE")
+    disc = PatchDiscriminator(
+        spatial_dims=3, channels=32 if paper else 8, in_channels=4, num_layers_d=3, norm="INSTANCE"
+    )
     opt, d_opt = torch.optim.AdamW(net.parameters(), 1e-4), torch.optim.Adam(disc.parameters(), 1e-4)
     x = torch.randn(b, 4, e, e, e)
 
@@ -87,7 +89,11 @@ def _m2mae_seg(shape: str, batch: int | None = None, edge: int | None = None) ->
 
     paper = shape == "paper"
     b, e = batch or 2, edge or (96 if paper else 32)
-    size = dict(hidden_size=768, mlp_dim=3072, num_heads=12, feature_size=16) if paper else dict(hidden_size=48, mlp_dim=96, num_heads=4, feature_size=8)
+    size = (
+        dict(hidden_size=768, mlp_dim=3072, num_heads=12, feature_size=16)
+        if paper
+        else dict(hidden_size=48, mlp_dim=96, num_heads=4, feature_size=8)
+    )
     net = UNETR(in_channels=4, out_channels=3, img_size=e, norm_name="instance", res_block=True, **size)
     opt, loss_fn = torch.optim.AdamW(net.parameters(), 1e-4), DiceCELoss(sigmoid=True)
     x, y = torch.randn(b, 4, e, e, e), (torch.rand(b, 3, e, e, e) > 0.9).float()
@@ -110,7 +116,11 @@ def _brainmvp(backbone: str) -> Callable[..., Case]:
         b, e = batch or (1 if paper else 2), edge or (96 if paper else 32)
         net = BrainMVP(build_backbone(backbone, "small" if paper else "tiny"), ["t1", "t1ce", "t2", "flair"], (e, e, e))
         opt = torch.optim.AdamW(net.parameters(), 3e-4)
-        image, index, box = torch.rand(b, 2, e, e, e), torch.zeros(b, 2, dtype=torch.long), torch.zeros(b, 3, dtype=torch.long)
+        image, index, box = (
+            torch.rand(b, 2, e, e, e),
+            torch.zeros(b, 2, dtype=torch.long),
+            torch.zeros(b, 3, dtype=torch.long),
+        )
 
         def step() -> None:
             out = net(image, index, box, use_contrastive=True)
@@ -129,8 +139,12 @@ def _brainmvp(backbone: str) -> Callable[..., Case]:
     return build
 
 
-CASES: dict[str, Callable[..., Case]] = {"m2mae": _m2mae, "m2mae_seg": _m2mae_seg,
-                                         "brainmvp_uniformer": _brainmvp("uniformer"), "brainmvp_unet3d": _brainmvp("unet3d")}
+CASES: dict[str, Callable[..., Case]] = {
+    "m2mae": _m2mae,
+    "m2mae_seg": _m2mae_seg,
+    "brainmvp_uniformer": _brainmvp("uniformer"),
+    "brainmvp_unet3d": _brainmvp("unet3d"),
+}
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -163,14 +177,22 @@ def measure(case: Case, repeats: int, peak_matmul: float) -> dict:
     mask_t = min(_timed(case.masking) for _ in range(max(repeats, 3))) if case.masking else 0.0
     peak_mem_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak (kB -> GiB)
     return {
-        "case": case.name, "shape": case.shape, "step_s": t, "samples_per_s": case.batch / t,
-        "gflop_per_step": flops / 1e9, "gflops": flops / t / 1e9, "matmul_ratio": flops / t / 1e9 / peak_matmul,
-        "peak_mem_gib": peak_mem_gib, "masking_share": mask_t / t,
+        "case": case.name,
+        "shape": case.shape,
+        "step_s": t,
+        "samples_per_s": case.batch / t,
+        "gflop_per_step": flops / 1e9,
+        "gflops": flops / t / 1e9,
+        "matmul_ratio": flops / t / 1e9 / peak_matmul,
+        "peak_mem_gib": peak_mem_gib,
+        "masking_share": mask_t / t,
     }
 
 
 def _table(rows: list[dict], peak: float) -> str:
-    head = "| case | shape | step (s) | samples/s | GFLOP/step | GFLOP/s | / matmul | peak RSS (GiB) | masking share |\n"
+    head = (
+        "| case | shape | step (s) | samples/s | GFLOP/step | GFLOP/s | / matmul | peak RSS (GiB) | masking share |\n"
+    )
     head += "|---|---|---|---|---|---|---|---|---|\n"
     body = "".join(
         f"| {r['case']} | {r['shape']} | {r['step_s']:.3f} | {r['samples_per_s']:.2f} | {r['gflop_per_step']:.1f} | "
@@ -180,8 +202,15 @@ def _table(rows: list[dict], peak: float) -> str:
     return head + body + f"\nfp32 matmul throughput in the same run: {peak:.1f} GFLOP/s\n"
 
 
-def run(cases: str | list[str] | None = None, shape: str = "small", repeats: int = 3, threads: int | None = None,
-        write: bool = True, scaling: str | None = None, batch: int | None = None) -> str:
+def run(
+    cases: str | list[str] | None = None,
+    shape: str = "small",
+    repeats: int = 3,
+    threads: int | None = None,
+    write: bool = True,
+    scaling: str | None = None,
+    batch: int | None = None,
+) -> str:
     """Benchmark ``cases`` (default: all) at ``shape`` (``small`` or ``paper``) and report.
 
     Args:
@@ -223,7 +252,9 @@ def run(cases: str | list[str] | None = None, shape: str = "small", repeats: int
         docs = REPO / "docs" / "BENCHMARKS.md"
         docs.parent.mkdir(exist_ok=True)
         if not docs.exists():
-            docs.write_text("# Benchmarks\n\nFull training steps with data in memory, produced by `tools/benchmark.py`.\n")
+            docs.write_text(
+                "# Benchmarks\n\nFull training steps with data in memory, produced by `tools/benchmark.py`.\n"
+            )
         with docs.open("a") as f:
             f.write(f"\n## {stamp}: `{cmd.strip()}`\n\nMachine: {machine}\n\n{report}")
     return report

@@ -32,7 +32,11 @@ SIZES = {
         "small": {"hidden_size": 384, "mlp_dim": 1536, "num_heads": 6},
         "base": {"hidden_size": 768, "mlp_dim": 3072, "num_heads": 12},
     },
-    "brainmvp": {"tiny": {"backbone_size": "tiny"}, "small": {"backbone_size": "small"}, "base": {"backbone_size": "small"}},
+    "brainmvp": {
+        "tiny": {"backbone_size": "tiny"},
+        "small": {"backbone_size": "small"},
+        "base": {"backbone_size": "small"},
+    },
 }
 
 
@@ -90,22 +94,42 @@ def compare(
         shared["datalist"] = datalist
     bundles = REPO / "bundles"
     pre_out = work / pretrain
-    times = {"pretrain_s": _run([str(bundles / pretrain / "configs" / "train.json")],
-                                {**shared, "epochs": pretrain_epochs, "ckpt_dir": str(pre_out / "models"),
-                                 "output_dir": str(pre_out / "logs")}, work / f"{pretrain}.log")}
+    times = {
+        "pretrain_s": _run(
+            [str(bundles / pretrain / "configs" / "train.json")],
+            {
+                **shared,
+                "epochs": pretrain_epochs,
+                "ckpt_dir": str(pre_out / "models"),
+                "output_dir": str(pre_out / "logs"),
+            },
+            work / f"{pretrain}.log",
+        )
+    }
     results = {}
     for arm, ckpt in (("pretrained", str(pre_out / "models" / "model.pt")), ("scratch", "")):
         out = work / f"{downstream}_{arm}"
         train = str(bundles / downstream / "configs" / "train.json")
         common = {**shared, "ckpt_dir": str(out / "models")}
-        times[f"{arm}_s"] = _run([train], {**common, "epochs": finetune_epochs, "pretrained_ckpt": ckpt,
-                                           "output_dir": str(out / "logs")}, work / f"{downstream}_{arm}.log")
-        _run([train, str(bundles / downstream / "configs" / "evaluate.json")], {**common, "output_dir": str(out / "eval")},
-             work / f"{downstream}_{arm}_eval.log")
+        times[f"{arm}_s"] = _run(
+            [train],
+            {**common, "epochs": finetune_epochs, "pretrained_ckpt": ckpt, "output_dir": str(out / "logs")},
+            work / f"{downstream}_{arm}.log",
+        )
+        _run(
+            [train, str(bundles / downstream / "configs" / "evaluate.json")],
+            {**common, "output_dir": str(out / "eval")},
+            work / f"{downstream}_{arm}_eval.log",
+        )
         results[arm] = _metrics(out / "eval" / "metrics.csv")
-    report = {"pretrain": pretrain, "downstream": downstream, "settings": {**shared, "pretrain_epochs": pretrain_epochs,
-              "finetune_epochs": finetune_epochs, "size": size}, "results": results, "seconds": times,
-              "cpu_threads": os.cpu_count()}
+    report = {
+        "pretrain": pretrain,
+        "downstream": downstream,
+        "settings": {**shared, "pretrain_epochs": pretrain_epochs, "finetune_epochs": finetune_epochs, "size": size},
+        "results": results,
+        "seconds": times,
+        "cpu_threads": os.cpu_count(),
+    }
     (work / "comparison.json").write_text(json.dumps(report, indent=2))
     keys = sorted(set(results["pretrained"]) & set(results["scratch"]))
     print(f"\n{'metric':<20}{'pretrained':>12}{'scratch':>12}")

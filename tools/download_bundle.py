@@ -39,7 +39,9 @@ def safe_extract(zip_path: str | Path, target: str | Path) -> list[Path]:
         for info in zf.infolist():
             dest = (target / info.filename).resolve()
             if info.filename.startswith(("/", "\\")) or (dest != target and target not in dest.parents):
-                raise UnsafeArchiveError(f"{zip_path}: entry '{info.filename}' would be written outside {target}; nothing extracted")
+                raise UnsafeArchiveError(
+                    f"{zip_path}: entry '{info.filename}' would be written outside {target}; nothing extracted"
+                )
             if (info.external_attr >> 16) & 0o170000 == 0o120000:
                 raise UnsafeArchiveError(f"{zip_path}: entry '{info.filename}' is a symbolic link; nothing extracted")
         zf.extractall(target)
@@ -87,7 +89,9 @@ def download(name: str, version: str, index: str, bundle_dir: str = "bundles", w
     if key not in entries:
         raise KeyError(f"{key} is not in the index {index} (it lists: {sorted(entries)})")
     entry = entries[key]
-    source = urllib.parse.urljoin(index, entry["source"]) if "://" in index else str(Path(index).parent / entry["source"])
+    source = (
+        urllib.parse.urljoin(index, entry["source"]) if "://" in index else str(Path(index).parent / entry["source"])
+    )
     target = Path(bundle_dir).resolve()
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target) as tmp:

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import fire
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -49,7 +48,7 @@ def convert(source: dict, backbone: str = "uniformer", size: str = "small") -> t
         if not key.startswith(prefix):
             unmatched.append(f"{key} (not under '{prefix}')")
             continue
-        ours = "backbone.encoder." + key[len(prefix):]
+        ours = "backbone.encoder." + key[len(prefix) :]
         if ours not in target:
             unmatched.append(f"{key} (no {ours} in the network)")
         elif tuple(target[ours].shape) != tuple(value.shape):
@@ -66,7 +65,9 @@ def convert(source: dict, backbone: str = "uniformer", size: str = "small") -> t
     report = [f"encoder: {len(mapped)} tensors from '{prefix}*' -> 'backbone.encoder.*'"]
     if templates is not None:
         if templates.shape[0] != len(OFFICIAL_MODALITIES):
-            raise UnmatchedKeysError(f"rep_template has {templates.shape[0]} templates, expected {len(OFFICIAL_MODALITIES)}")
+            raise UnmatchedKeysError(
+                f"rep_template has {templates.shape[0]} templates, expected {len(OFFICIAL_MODALITIES)}"
+            )
         mapped["templates.templates"] = templates.reshape(len(modalities), 1, *canvas).float()
         report.append(f"templates: rep_template {tuple(templates.shape)} -> templates.templates for {modalities}")
     else:

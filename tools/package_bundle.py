@@ -69,12 +69,19 @@ def common_closure(config_dir: Path) -> list[Path]:
             else:
                 continue
             todo += [f for f in (_module_file(t) for t in targets) if f and f not in seen]
-    packages = {folder for path in seen for folder in path.parents if folder == REPO / "common" or REPO / "common" in folder.parents}
+    packages = {
+        folder
+        for path in seen
+        for folder in path.parents
+        if folder == REPO / "common" or REPO / "common" in folder.parents
+    }
     return sorted({*seen, *(pkg / "__init__.py" for pkg in packages if (pkg / "__init__.py").is_file())})
 
 
 def _requirements() -> str:
-    lines = [ln for ln in (REPO / "requirements.txt").read_text().splitlines() if ln.strip() and not ln.startswith("-e")]
+    lines = [
+        ln for ln in (REPO / "requirements.txt").read_text().splitlines() if ln.strip() and not ln.startswith("-e")
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -108,7 +115,11 @@ def build(name: str, out_dir: str = "dist", base_url: str = "", include_weights:
     files: dict[str, bytes] = {}
     for path in sorted(bundle.rglob("*")):
         rel = path.relative_to(bundle)
-        if path.is_dir() or _EXCLUDE_DIRS & set(rel.parts) or (rel.parts[0] == "models" and path.suffix in {".pt", ".ts"}):
+        if (
+            path.is_dir()
+            or _EXCLUDE_DIRS & set(rel.parts)
+            or (rel.parts[0] == "models" and path.suffix in {".pt", ".ts"})
+        ):
             continue
         files[f"{name}/{rel.as_posix()}"] = path.read_bytes()
     for path in common_closure(bundle / "configs"):
@@ -121,23 +132,47 @@ def build(name: str, out_dir: str = "dist", base_url: str = "", include_weights:
             digest = sha256(weight)
             published = f"{stem}_{weight.name}"
             shutil.copyfile(weight, out / published)
-            large.append({"path": f"models/{weight.name}", "url": f"{base_url}/{published}" if base_url else published,
-                          "hash_val": digest, "hash_type": "sha256"})
-    yml = "large_files:\n" + "".join(
-        f"  - path: \"{e['path']}\"\n    url: \"{e['url']}\"\n    hash_val: \"{e['hash_val']}\"\n    hash_type: \"{e['hash_type']}\"\n"
-        for e in large) if large else "large_files: []\n"
+            large.append(
+                {
+                    "path": f"models/{weight.name}",
+                    "url": f"{base_url}/{published}" if base_url else published,
+                    "hash_val": digest,
+                    "hash_type": "sha256",
+                }
+            )
+    yml = (
+        "large_files:\n"
+        + "".join(
+            f'  - path: "{e["path"]}"\n    url: "{e["url"]}"\n    hash_val: "{e["hash_val"]}"\n    hash_type: "{e["hash_type"]}"\n'
+            for e in large
+        )
+        if large
+        else "large_files: []\n"
+    )
     files[f"{name}/large_files.yml"] = yml.encode()
 
     zip_path = out / f"{stem}.zip"
     _write_zip(files, zip_path)
     index_path = out / "model_info.json"
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-    index[stem] = {"name": name, "version": version, "source": f"{base_url}/{zip_path.name}" if base_url else zip_path.name,
-                   "hash": sha256(zip_path), "hash_type": "sha256"}
+    index[stem] = {
+        "name": name,
+        "version": version,
+        "source": f"{base_url}/{zip_path.name}" if base_url else zip_path.name,
+        "hash": sha256(zip_path),
+        "hash_type": "sha256",
+    }
     index_path.write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
     print(zip_path)
     return str(zip_path)
 
 
 if __name__ == "__main__":
-    fire.Fire({"build": build, "closure": lambda name: [str(p.relative_to(REPO)) for p in common_closure(REPO / "bundles" / name / "configs")]})
+    fire.Fire(
+        {
+            "build": build,
+            "closure": lambda name: [
+                str(p.relative_to(REPO)) for p in common_closure(REPO / "bundles" / name / "configs")
+            ],
+        }
+    )

@@ -18,8 +18,13 @@ from common.data.datalist import resolve_datalist  # noqa: E402
 from common.data.validate import validate_datalist, validate_entries  # noqa: E402
 
 
-def main(datalist: str | None = None, dataset_dir: str | None = None, image_keys=("t1", "t1ce", "t2", "flair"),
-         splits=("training", "validation"), **checks) -> None:
+def main(
+    datalist: str | None = None,
+    dataset_dir: str | None = None,
+    image_keys=("t1", "t1ce", "t2", "flair"),
+    splits=("training", "validation"),
+    **checks,
+) -> None:
     """Validate and report. ``checks`` are the keyword arguments of ``common.data.validate.validate_entries``
     (``label_key``, ``label_values``, ``required_keys``, ``min_modalities``, ``class_key``, ``num_classes``,
     ``gene_key``, ``gene_length``, ``bag_key``, ``check_content``)."""
@@ -28,7 +33,9 @@ def main(datalist: str | None = None, dataset_dir: str | None = None, image_keys
         problems = validate_datalist(datalist, image_keys, splits=list(splits), base_dir=dataset_dir, **checks)
     elif dataset_dir:
         try:
-            entries = resolve_datalist(dataset_dir, None, image_keys, "training", with_label=bool(checks.get("label_key")))
+            entries = resolve_datalist(
+                dataset_dir, None, image_keys, "training", with_label=bool(checks.get("label_key"))
+            )
         except (FileNotFoundError, ValueError) as e:
             print(f"ERROR {dataset_dir}: {e}")
             sys.exit(1)

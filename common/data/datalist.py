@@ -41,7 +41,9 @@ def _absolute(value: Any, base: Path) -> Any:
     return value
 
 
-def _normalise_entry(entry: dict, modalities: Sequence[str], base: Path, path_keys: Sequence[str], index: int, source: str) -> dict:
+def _normalise_entry(
+    entry: dict, modalities: Sequence[str], base: Path, path_keys: Sequence[str], index: int, source: str
+) -> dict:
     if not isinstance(entry, dict):
         raise ValueError(f"{source}: entry {index} is a {type(entry).__name__}, expected an object with image paths")
     out = dict(entry)
@@ -50,7 +52,7 @@ def _normalise_entry(entry: dict, modalities: Sequence[str], base: Path, path_ke
         if len(images) != len(modalities):
             raise ValueError(
                 f"{source}: entry {index} lists {len(images)} images but the bundle expects {len(modalities)} "
-                f"modalities {list(modalities)}; name them by key instead (e.g. {{\"t1\": ...}}) if some are missing"
+                f'modalities {list(modalities)}; name them by key instead (e.g. {{"t1": ...}}) if some are missing'
             )
         out.update(dict(zip(modalities, images)))
     for key in [*modalities, *path_keys]:
@@ -61,8 +63,13 @@ def _normalise_entry(entry: dict, modalities: Sequence[str], base: Path, path_ke
     return out
 
 
-def load_datalist_json(path: str | os.PathLike, split: str, modalities: Sequence[str],
-                       path_keys: Sequence[str] = ("label",), base_dir: str | None = None) -> list[dict]:
+def load_datalist_json(
+    path: str | os.PathLike,
+    split: str,
+    modalities: Sequence[str],
+    path_keys: Sequence[str] = ("label",),
+    base_dir: str | None = None,
+) -> list[dict]:
     """Entries of ``split`` in a decathlon-style JSON, normalised (see module docstring)."""
     path = Path(path)
     if not path.is_file():
@@ -72,7 +79,9 @@ def load_datalist_json(path: str | os.PathLike, split: str, modalities: Sequence
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"datalist {path} is not valid JSON: {e}") from e
     if split not in content:
-        raise KeyError(f"datalist {path} has no '{split}' list (it has: {sorted(k for k, v in content.items() if isinstance(v, list))})")
+        raise KeyError(
+            f"datalist {path} has no '{split}' list (it has: {sorted(k for k, v in content.items() if isinstance(v, list))})"
+        )
     base = Path(base_dir) if base_dir else path.parent
     return [_normalise_entry(e, modalities, base, path_keys, i, str(path)) for i, e in enumerate(content[split])]
 
@@ -86,7 +95,9 @@ def _find(folder: Path, subject: str, suffixes: Sequence[str]) -> str | None:
     return None
 
 
-def scan_brats_folder(dataset_dir: str | os.PathLike, modalities: Sequence[str], with_label: bool = False) -> list[dict]:
+def scan_brats_folder(
+    dataset_dir: str | os.PathLike, modalities: Sequence[str], with_label: bool = False
+) -> list[dict]:
     """One entry per subject folder of a BraTS-layout dataset; subjects missing a modality are reported, not skipped."""
     root = Path(dataset_dir)
     if not root.is_dir():
@@ -97,12 +108,16 @@ def scan_brats_folder(dataset_dir: str | os.PathLike, modalities: Sequence[str],
         for m in [*modalities, *(["label"] if with_label else [])]:
             found = _find(folder, folder.name, BRATS_SUFFIXES.get(m, (m,)))
             if found is None:
-                problems.append(f"{folder}: no {m} file ({' or '.join(f'{folder.name}_{s}.nii.gz' for s in BRATS_SUFFIXES.get(m, (m,)))})")
+                problems.append(
+                    f"{folder}: no {m} file ({' or '.join(f'{folder.name}_{s}.nii.gz' for s in BRATS_SUFFIXES.get(m, (m,)))})"
+                )
             else:
                 entry[m] = found
         entries.append(entry)
     if not entries:
-        raise FileNotFoundError(f"dataset_dir {root} has no subject folders (expected BraTS layout <subject>/<subject>_t1.nii.gz ...)")
+        raise FileNotFoundError(
+            f"dataset_dir {root} has no subject folders (expected BraTS layout <subject>/<subject>_t1.nii.gz ...)"
+        )
     if problems:
         raise FileNotFoundError(f"{len(problems)} missing files in {root}:\n" + "\n".join(problems))
     return [_normalise_entry(e, modalities, root, ("label",), i, str(root)) for i, e in enumerate(entries)]

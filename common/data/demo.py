@@ -31,9 +31,9 @@ _MIN_EDGE = 96
 # mean intensity of each tissue class per contrast (arbitrary units, MR-like orderings):
 #            CSF    GM     WM    oedema  core   enhancing
 _CONTRAST = {
-    "t1":   (0.25, 0.60, 0.85, 0.45, 0.30, 0.55),
+    "t1": (0.25, 0.60, 0.85, 0.45, 0.30, 0.55),
     "t1ce": (0.25, 0.60, 0.85, 0.45, 0.30, 1.20),
-    "t2":   (1.00, 0.60, 0.40, 0.95, 1.05, 0.70),
+    "t2": (1.00, 0.60, 0.40, 0.95, 1.05, 0.70),
     "flair": (0.15, 0.65, 0.50, 1.10, 0.60, 0.80),
 }
 
@@ -106,10 +106,16 @@ def _tumour(brain: np.ndarray, rng: np.random.Generator, spacing: float, high_gr
     return label
 
 
-def _contrasts(maps: dict[str, np.ndarray], label: np.ndarray, rng: np.random.Generator, spacing: float) -> dict[str, np.ndarray]:
+def _contrasts(
+    maps: dict[str, np.ndarray], label: np.ndarray, rng: np.random.Generator, spacing: float
+) -> dict[str, np.ndarray]:
     tumour = {c: (label == v).astype(np.float32) for c, v in (("edema", 2), ("core", 1), ("enh", 3))}
     in_tumour = label > 0
-    frac = [np.where(in_tumour, 0.0, maps[k]) for k in ("csf", "gm", "wm")] + [tumour["edema"], tumour["core"], tumour["enh"]]
+    frac = [np.where(in_tumour, 0.0, maps[k]) for k in ("csf", "gm", "wm")] + [
+        tumour["edema"],
+        tumour["core"],
+        tumour["enh"],
+    ]
     frac = [ndimage.gaussian_filter(f, 0.6) for f in frac]  # partial volume at tumour borders
     brain = sum(frac) > 0.05
     bias = np.exp(ndimage.gaussian_filter(rng.standard_normal(label.shape).astype(np.float32), 30.0 / spacing) * 8.0)
@@ -125,7 +131,9 @@ def _contrasts(maps: dict[str, np.ndarray], label: np.ndarray, rng: np.random.Ge
     return out
 
 
-def _case(index: int, maps: dict[str, np.ndarray], seed: int, spacing: float) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+def _case(
+    index: int, maps: dict[str, np.ndarray], seed: int, spacing: float
+) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
     rng = np.random.default_rng(seed + index)
     coords = _deformation(maps["gm"].shape, rng, spacing)
     warped = {k: ndimage.map_coordinates(v, coords, order=1, mode="constant") for k, v in maps.items()}
@@ -156,8 +164,14 @@ def _locked(folder: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def build_demo_brats(out_dir: str | None = None, num_cases: int = 8, spacing: float = 2.0, seed: int = 0,
-                     num_missing: int = 0, force: bool = False) -> str:
+def build_demo_brats(
+    out_dir: str | None = None,
+    num_cases: int = 8,
+    spacing: float = 2.0,
+    seed: int = 0,
+    num_missing: int = 0,
+    force: bool = False,
+) -> str:
     """Build (once) the demo set in BraTS layout and return the path of its ``datalist.json``.
 
     Args:
@@ -198,9 +212,12 @@ def build_demo_brats(out_dir: str | None = None, num_cases: int = 8, spacing: fl
             entries.append(entry)
         n_val = max(1, math.ceil(0.2 * num_cases))
         content = {
-            "name": "demo_brats", "build": build, "modalities": list(MODALITIES),
+            "name": "demo_brats",
+            "build": build,
+            "modalities": list(MODALITIES),
             "labels": {"0": "background", "1": "necrotic_core", "2": "edema", "3": "enhancing"},
-            "training": entries[:-n_val], "validation": entries[-n_val:],
+            "training": entries[:-n_val],
+            "validation": entries[-n_val:],
             "testing": [{k: v for k, v in e.items() if k not in ("label", "class_label")} for e in entries[-n_val:]],
         }
         tmp = datalist_path.with_suffix(".json.tmp")

@@ -113,7 +113,9 @@ def _read_dicom_series(path: str, content: bool) -> tuple[tuple[int, ...], np.nd
             arr = ds.pixel_array.astype(np.float32) if content else None
             slices.append((ds, arr))
         except Exception as e:  # noqa: BLE001
-            raise _Unreadable(f"DICOM file {f.name} is corrupt or truncated ({type(e).__name__}: {str(e)[:120]})") from e
+            raise _Unreadable(
+                f"DICOM file {f.name} is corrupt or truncated ({type(e).__name__}: {str(e)[:120]})"
+            ) from e
     rows, cols = int(slices[0][0].Rows), int(slices[0][0].Columns)
     if any((int(d.Rows), int(d.Columns)) != (rows, cols) for d, _ in slices):
         raise _Unreadable("DICOM slices of different sizes in one series")
@@ -175,8 +177,15 @@ def _check_image(sid: str, key: str, path: str, content: bool, expect_3d: bool) 
     except _Unreadable as e:
         return [Problem("error", sid, path, f"{key}: {e}")], None
     if expect_3d and len(shape) > 3 and any(s > 1 for s in shape[3:]):
-        problems.append(Problem("error", sid, path, f"{key}: 4D volume {shape} where a 3D one is expected "
-                                                     "(split the time/channel axis into separate files)"))
+        problems.append(
+            Problem(
+                "error",
+                sid,
+                path,
+                f"{key}: 4D volume {shape} where a 3D one is expected "
+                "(split the time/channel axis into separate files)",
+            )
+        )
     if data is not None:
         nan, inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
         if nan:
@@ -229,7 +238,9 @@ def validate_entries(
     users: dict[str, list[str]] = {}
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            problems.append(Problem("error", f"entry {i}", None, f"is a {type(entry).__name__}, expected an object of file paths"))
+            problems.append(
+                Problem("error", f"entry {i}", None, f"is a {type(entry).__name__}, expected an object of file paths")
+            )
             continue
         sid = str(entry.get("subject_id", f"entry {i}"))
         ids[sid] += 1
@@ -241,7 +252,9 @@ def validate_entries(
             if not entry.get(key):
                 problems.append(Problem("error", sid, None, f"missing modality '{key}'"))
         if len(present) < min_modalities:
-            problems.append(Problem("error", sid, None, f"{len(present)} modalities {present}; at least {min_modalities} needed"))
+            problems.append(
+                Problem("error", sid, None, f"{len(present)} modalities {present}; at least {min_modalities} needed")
+            )
         geometry = {}
         for key in present:
             path = str(entry[key])
@@ -258,10 +271,19 @@ def validate_entries(
             ref_key, ref = next(iter(affines.items()))
             for k, a in affines.items():
                 if np.abs(a - ref).max() > affine_tolerance:
-                    problems.append(Problem("error", sid, str(entry[k]), f"affine of {k} differs from {ref_key}'s by "
-                                                                         f"{np.abs(a - ref).max():.3g} (not co-registered)"))
+                    problems.append(
+                        Problem(
+                            "error",
+                            sid,
+                            str(entry[k]),
+                            f"affine of {k} differs from {ref_key}'s by "
+                            f"{np.abs(a - ref).max():.3g} (not co-registered)",
+                        )
+                    )
         if label_key and entry.get(label_key) is not None:
-            problems += _check_label(sid, str(entry[label_key]), label_key, label_values, shapes, check_content, expect_3d)
+            problems += _check_label(
+                sid, str(entry[label_key]), label_key, label_values, shapes, check_content, expect_3d
+            )
         if class_key and class_key in entry:
             problems += _check_class(sid, entry[class_key], class_key, num_classes)
         if gene_key and gene_key in entry:
@@ -269,25 +291,38 @@ def validate_entries(
         if bag_key and bag_key in entry:
             problems += _check_bag(sid, str(entry[bag_key]))
     problems += [Problem("error", sid, None, f"subject id used by {n} entries") for sid, n in ids.items() if n > 1]
-    problems += [Problem("warning", ", ".join(s), path, f"the same file is used by {len(s)} entries")
-                 for path, s in users.items() if len(s) > 1]
+    problems += [
+        Problem("warning", ", ".join(s), path, f"the same file is used by {len(s)} entries")
+        for path, s in users.items()
+        if len(s) > 1
+    ]
     return problems
 
 
-def _check_label(sid: str, path: str, key: str, values: Sequence[int] | None, shapes: dict, content: bool,
-                 expect_3d: bool) -> list[Problem]:
+def _check_label(
+    sid: str, path: str, key: str, values: Sequence[int] | None, shapes: dict, content: bool, expect_3d: bool
+) -> list[Problem]:
     found, info = _check_image(sid, key, path, content, expect_3d)
     found = [p for p in found if "empty volume" not in p.message]  # an all-background label is legal
     if info is None:
         return found
     image_shape = next(iter(shapes.values()), None)
     if image_shape is not None and info["shape"] != image_shape:
-        found.append(Problem("error", sid, path, f"{key}: shape {info['shape']} differs from the images' {image_shape}"))
+        found.append(
+            Problem("error", sid, path, f"{key}: shape {info['shape']} differs from the images' {image_shape}")
+        )
     if values is not None and info["data"] is not None:
         data = info["data"][np.isfinite(info["data"])]
         present = np.unique(data)
         if not np.allclose(present, np.round(present)):
-            found.append(Problem("error", sid, path, f"{key}: non-integer label values (e.g. {present[~np.isclose(present, np.round(present))][:3].tolist()})"))
+            found.append(
+                Problem(
+                    "error",
+                    sid,
+                    path,
+                    f"{key}: non-integer label values (e.g. {present[~np.isclose(present, np.round(present))][:3].tolist()})",
+                )
+            )
         bad = sorted(set(np.round(present).astype(int).tolist()) - set(int(v) for v in values))
         if bad:
             found.append(Problem("error", sid, path, f"{key}: label values {bad} outside the label set {list(values)}"))
@@ -295,7 +330,9 @@ def _check_label(sid: str, path: str, key: str, values: Sequence[int] | None, sh
 
 
 def _check_class(sid: str, value: Any, key: str, num_classes: int | None) -> list[Problem]:
-    if isinstance(value, bool) or not (isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer())):
+    if isinstance(value, bool) or not (
+        isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer())
+    ):
         return [Problem("error", sid, None, f"{key} {value!r} is not an integer class")]
     if num_classes is not None and not 0 <= int(value) < num_classes:
         return [Problem("error", sid, None, f"{key} {value} outside 0..{num_classes - 1}")]
@@ -313,7 +350,9 @@ def _check_genes(sid: str, value: Any, length: int | None) -> list[Problem]:
     bad = [(j, v) for j, v in enumerate(values) if not _is_number(v)]
     if bad:
         j, v = bad[0]
-        problems.append(Problem("error", sid, path, f"gene vector has {len(bad)} non-numeric entries (first: index {j}, {v!r})"))
+        problems.append(
+            Problem("error", sid, path, f"gene vector has {len(bad)} non-numeric entries (first: index {j}, {v!r})")
+        )
     if length is not None and len(values) != length:
         problems.append(Problem("error", sid, path, f"gene vector of length {len(values)}, expected {length}"))
     return problems
@@ -335,8 +374,13 @@ def _check_bag(sid: str, path: str) -> list[Problem]:
     return []
 
 
-def validate_datalist(datalist: str, image_keys: Sequence[str], splits: Sequence[str] = ("training", "validation"),
-                      base_dir: str | None = None, **kwargs: Any) -> list[Problem]:
+def validate_datalist(
+    datalist: str,
+    image_keys: Sequence[str],
+    splits: Sequence[str] = ("training", "validation"),
+    base_dir: str | None = None,
+    **kwargs: Any,
+) -> list[Problem]:
     """Every problem of the ``splits`` of a decathlon-style JSON (paths relative to it or to ``base_dir``)."""
     from common.data.datalist import load_datalist_json
 

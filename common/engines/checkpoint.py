@@ -26,7 +26,17 @@ from ignite.engine import Engine, Events
 
 from common.engines.trainer import unwrap
 
-__all__ = ["atomic_save", "safe_load", "rng_state", "set_rng_state", "ResumableCheckpoint"]
+__all__ = [
+    "atomic_save",
+    "safe_load",
+    "rng_state",
+    "set_rng_state",
+    "ResumableCheckpoint",
+    "load_encoder",
+    "BestModelSaver",
+    "EncoderLoader",
+    "sha256_file",
+]
 
 logger = logging.getLogger(__name__)
 _CKPT = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
@@ -60,8 +70,12 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state = {
         "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -74,7 +88,9 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -125,8 +141,15 @@ class _TransformRNG:
             seen.add(id(obj))
             if isinstance(obj, Randomizable):
                 self.transforms.append(obj)
-            children = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else \
-                vars(obj).values() if hasattr(obj, "__dict__") and isinstance(obj, (Randomizable, Compose)) else ()
+            children = (
+                obj.values()
+                if isinstance(obj, dict)
+                else obj
+                if isinstance(obj, (list, tuple))
+                else vars(obj).values()
+                if hasattr(obj, "__dict__") and isinstance(obj, (Randomizable, Compose))
+                else ()
+            )
             for child in children:
                 if isinstance(child, (Randomizable, Compose, list, tuple, dict)):
                     collect(child, depth + 1)
@@ -136,12 +159,18 @@ class _TransformRNG:
 
     def state_dict(self) -> dict[str, Any]:
         states = [t.R.get_state() for t in self.transforms]
-        return {"keys": [torch.from_numpy(s[1].astype(np.int64)) for s in states], "pos": [int(s[2]) for s in states],
-                "has_gauss": [int(s[3]) for s in states], "cached": [float(s[4]) for s in states]}
+        return {
+            "keys": [torch.from_numpy(s[1].astype(np.int64)) for s in states],
+            "pos": [int(s[2]) for s in states],
+            "has_gauss": [int(s[3]) for s in states],
+            "cached": [float(s[4]) for s in states],
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if len(state["keys"]) != len(self.transforms):
-            raise ValueError(f"checkpoint has {len(state['keys'])} random transforms, the pipeline {len(self.transforms)}")
+            raise ValueError(
+                f"checkpoint has {len(state['keys'])} random transforms, the pipeline {len(self.transforms)}"
+            )
         for t, k, p, h, c in zip(self.transforms, state["keys"], state["pos"], state["has_gauss"], state["cached"]):
             t.R.set_state(("MT19937", k.numpy().astype(np.uint32), p, h, c))
 
@@ -209,13 +238,18 @@ class ResumableCheckpoint:
 
     def checkpoints(self) -> list[Path]:
         """Existing checkpoints, newest first."""
-        found = [(int(m.group(1)), p) for p in self.save_dir.glob("checkpoint_epoch=*.pt") if (m := _CKPT.search(p.name))]
+        found = [
+            (int(m.group(1)), p) for p in self.save_dir.glob("checkpoint_epoch=*.pt") if (m := _CKPT.search(p.name))
+        ]
         return [p for _, p in sorted(found, reverse=True)]
 
     def save(self, engine: Engine) -> None:
         if not _is_main_process():
             return
-        state = {k: unwrap(v).state_dict() if isinstance(v, torch.nn.Module) else v.state_dict() for k, v in self.save_dict.items()}
+        state = {
+            k: unwrap(v).state_dict() if isinstance(v, torch.nn.Module) else v.state_dict()
+            for k, v in self.save_dict.items()
+        }
         path = self.save_dir / f"checkpoint_epoch={engine.state.epoch}.pt"
         atomic_save(state, path)
         for old in self.checkpoints()[self.n_saved :]:
@@ -239,9 +273,15 @@ class ResumableCheckpoint:
                 if missing:
                     raise KeyError(f"entries {missing} missing")
             except Exception as e:  # a truncated or foreign file: fall back to the previous checkpoint
-                logger.warning(f"skipping checkpoint {path}: cannot be loaded ({type(e).__name__}: {e}); trying the previous one")
+                logger.warning(
+                    f"skipping checkpoint {path}: cannot be loaded ({type(e).__name__}: {e}); trying the previous one"
+                )
                 continue
-            configured = {k: v.state_dict() for k, v in self.save_dict.items() if isinstance(v, torch.optim.lr_scheduler.LRScheduler)}
+            configured = {
+                k: v.state_dict()
+                for k, v in self.save_dict.items()
+                if isinstance(v, torch.optim.lr_scheduler.LRScheduler)
+            }
             for key, obj in self.save_dict.items():
                 if key in configured:
                     state[key] = {**configured[key], **{k: v for k, v in state[key].items() if k in _SCHEDULE_PROGRESS}}
@@ -260,8 +300,14 @@ class ResumableCheckpoint:
         logger.info(f"no checkpoint in {self.save_dir} yet: training starts at epoch 1")
 
 
-def load_encoder(network: torch.nn.Module, path: str | None, prefix: str = "vit.", source_prefix: str | None = None,
-                 required: bool = True, inflate_channels: bool = True) -> int:
+def load_encoder(
+    network: torch.nn.Module,
+    path: str | None,
+    prefix: str = "vit.",
+    source_prefix: str | None = None,
+    required: bool = True,
+    inflate_channels: bool = True,
+) -> int:
     """Copy a pre-trained encoder into ``network`` by key name, refusing a checkpoint that does not hold it.
 
     Why not ``CheckpointLoader``: with ``strict=False`` it loads whatever matches, silently leaving an encoder
@@ -296,13 +342,18 @@ def load_encoder(network: torch.nn.Module, path: str | None, prefix: str = "vit.
         raise ValueError(f"the network has no parameters under '{prefix}': cannot load an encoder into it")
     missing, mismatched, inflated, found = [], [], [], {}
     for key, value in own.items():
-        src = source_prefix + key[len(prefix):]
+        src = source_prefix + key[len(prefix) :]
         if src not in state:
             missing.append(src)
         elif tuple(state[src].shape) != tuple(value.shape):
             tensor = state[src]
-            if inflate_channels and tensor.ndim == value.ndim >= 3 and tensor.shape[1] == 1 and \
-                    tensor.shape[0] == value.shape[0] and tensor.shape[2:] == value.shape[2:]:
+            if (
+                inflate_channels
+                and tensor.ndim == value.ndim >= 3
+                and tensor.shape[1] == 1
+                and tensor.shape[0] == value.shape[0]
+                and tensor.shape[2:] == value.shape[2:]
+            ):
                 # a uni-modal stem into a multi-modal input: share the filter across channels, keep the response scale
                 found[key] = tensor.repeat(1, value.shape[1], *([1] * (tensor.ndim - 2))) / value.shape[1]
                 inflated.append(src)
@@ -318,15 +369,14 @@ def load_encoder(network: torch.nn.Module, path: str | None, prefix: str = "vit.
             "(hidden_size, num_layers, patch_size, roi_size, number of modalities)."
         )
     if missing or mismatched:
-        logger.warning(f"{len(missing)} encoder tensors missing and {len(mismatched)} mismatched in {path}; they stay random")
+        logger.warning(
+            f"{len(missing)} encoder tensors missing and {len(mismatched)} mismatched in {path}; they stay random"
+        )
     target.load_state_dict(found, strict=False)
     if inflated:
         logger.info(f"inflated {inflated} from 1 input channel to the network's input channels")
     logger.info(f"loaded {len(found)} of {len(own)} pre-trained encoder tensors ('{prefix}*') from {path}")
     return len(found)
-
-
-__all__.append("load_encoder")
 
 
 class BestModelSaver:
@@ -350,17 +400,17 @@ class BestModelSaver:
         if not _is_main_process() or getattr(engine.state, "best_metric_epoch", -1) != engine.state.epoch:
             return
         atomic_save(unwrap(self.network).state_dict(), self.path)
-        logger.info(f"saved best model (key metric"
-                    f" = {engine.state.best_metric:.4f}, epoch {engine.state.epoch}) to {self.path}")
-
-
-__all__.append("BestModelSaver")
+        logger.info(
+            f"saved best model (key metric = {engine.state.best_metric:.4f}, epoch {engine.state.epoch}) to {self.path}"
+        )
 
 
 class EncoderLoader:
     """Handler form of :func:`load_encoder`: loads the encoder when the engine starts (inference, evaluation)."""
 
-    def __init__(self, network: torch.nn.Module, path: str, prefix: str = "vit.", source_prefix: str | None = None) -> None:
+    def __init__(
+        self, network: torch.nn.Module, path: str, prefix: str = "vit.", source_prefix: str | None = None
+    ) -> None:
         self.network, self.path, self.prefix, self.source_prefix = network, path, prefix, source_prefix
 
     def attach(self, engine: Engine) -> None:
@@ -368,9 +418,6 @@ class EncoderLoader:
 
     def __call__(self, engine: Engine) -> None:
         load_encoder(self.network, self.path, self.prefix, self.source_prefix)
-
-
-__all__.append("EncoderLoader")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -382,6 +429,3 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-__all__.append("sha256_file")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["select_channel", "meta_of"]
+__all__ = ["select_channel", "meta_of", "class_scores"]
 
 
 def select_channel(index: int, keys: Sequence[str] = ("pred", "label")) -> Callable[[Any], tuple[list, list]]:
@@ -44,6 +44,3 @@ def class_scores(pred_key: str = "pred", label_key: str = "label") -> Callable[[
         return scores, index
 
     return _transform
-
-
-__all__.append("class_scores")

@@ -43,8 +43,14 @@ class SliceGridPreview:
         axis: spatial axis to slice (-1: axial for RAS volumes).
     """
 
-    def __init__(self, log_dir: str, keys: Sequence[str] = ("image", "masked", "pred"), tag: str = "reconstruction",
-                 interval: int = 1, axis: int = -1) -> None:
+    def __init__(
+        self,
+        log_dir: str,
+        keys: Sequence[str] = ("image", "masked", "pred"),
+        tag: str = "reconstruction",
+        interval: int = 1,
+        axis: int = -1,
+    ) -> None:
         self.log_dir = log_dir
         self.keys = tuple(keys)
         self.tag = tag

@@ -50,9 +50,18 @@ class TemplateConsistencyTrainer(SupervisedTrainer):
         other args: as ``SupervisedTrainer``.
     """
 
-    def __init__(self, *args: Any, templates: ModalityTemplates | None = None, template_modalities: Sequence[str] = (),
-                 modalities: Sequence[str] = (), lambda_cons: float = 0.1, box_key: str = "box_start", cube: int = 8,
-                 mask_ratio: float = 0.875, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        templates: ModalityTemplates | None = None,
+        template_modalities: Sequence[str] = (),
+        modalities: Sequence[str] = (),
+        lambda_cons: float = 0.1,
+        box_key: str = "box_start",
+        cube: int = 8,
+        mask_ratio: float = 0.875,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.templates = templates
         self.available = torch.tensor([m in set(template_modalities) for m in modalities], dtype=torch.bool)
@@ -68,7 +77,10 @@ class TemplateConsistencyTrainer(SupervisedTrainer):
         canvas = torch.tensor(t.canvas)
         fits = box is not None and bool(((box.cpu() + torch.tensor(roi)) <= canvas).all())
         if fits:
-            rows = [t.crop(torch.full((b,), ch, dtype=torch.long, device=x.device), box.to(x.device), roi) for ch in range(c)]
+            rows = [
+                t.crop(torch.full((b,), ch, dtype=torch.long, device=x.device), box.to(x.device), roi)
+                for ch in range(c)
+            ]
             return torch.cat(rows, dim=1)
         resized = F.interpolate(t.templates[:, 0][None], size=roi, mode="trilinear", align_corners=False)
         return resized.expand(b, -1, *roi)
@@ -90,8 +102,10 @@ class TemplateConsistencyTrainer(SupervisedTrainer):
         cons = consistency_loss(feats1[-1], feats2[-1])
         loss = supervised + self.lambda_cons * cons  # L_FT  # Eq. 8
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
-                                     f"supervised {float(supervised)}, consistency {float(cons)}")
+            raise FloatingPointError(
+                f"non-finite loss at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
+                f"supervised {float(supervised)}, consistency {float(cons)}"
+            )
         engine.state.output[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         engine.optimizer.zero_grad(set_to_none=True)

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from common.losses.adversarial import discriminator_loss, generator_adversarial_loss
 
-__all__ = ["SelfSupervisedTrainer", "unwrap"]
+__all__ = ["SelfSupervisedTrainer", "unwrap", "scalar_terms"]
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -152,7 +152,9 @@ class SelfSupervisedTrainer(Trainer):
                 # the generator step reads D through the plain module: no DDP reduction for D's parameters here
                 d_plain = unwrap(self.discriminator)
                 d_plain.requires_grad_(False)
-                terms["loss_adv"] = generator_adversarial_loss(_logits(d_plain(out[self.pred_key])).float(), self.non_saturating)
+                terms["loss_adv"] = generator_adversarial_loss(
+                    _logits(d_plain(out[self.pred_key])).float(), self.non_saturating
+                )
                 d_plain.requires_grad_(True)
             loss = sum(self.loss_weights.get(k, 1.0) * v for k, v in terms.items())
         self._check_finite({"loss": loss, **terms})
@@ -182,6 +184,3 @@ class SelfSupervisedTrainer(Trainer):
 def scalar_terms(output: Mapping[str, Any]) -> dict[str, float]:
     """The scalar entries of a trainer output (``loss`` and every ``loss_*``), for the stats handlers."""
     return {k: v for k, v in output.items() if k == "loss" or k.startswith("loss_")}
-
-
-__all__.append("scalar_terms")

@@ -34,7 +34,9 @@ def cross_correlation(z: torch.Tensor, z_m: torch.Tensor, center: bool = True, e
     return (z.T @ z_m) / norm
 
 
-def barlow_twins_loss(z: torch.Tensor, z_m: torch.Tensor, redundancy_weight: float = 1.0, center: bool = True) -> torch.Tensor:
+def barlow_twins_loss(
+    z: torch.Tensor, z_m: torch.Tensor, redundancy_weight: float = 1.0, center: bool = True
+) -> torch.Tensor:
     """Barlow Twins loss at one level: invariance plus redundancy reduction.
 
     Args:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cross_modal_reconstruction_loss", "distillation_loss", "info_nce", "modality_contrastive_loss", "brainmvp_loss"]
+__all__ = [
+    "cross_modal_reconstruction_loss",
+    "distillation_loss",
+    "info_nce",
+    "modality_contrastive_loss",
+    "brainmvp_loss",
+]
 
 
 def cross_modal_reconstruction_loss(pred: torch.Tensor, x_m: torch.Tensor) -> torch.Tensor:
@@ -36,7 +42,8 @@ def modality_contrastive_loss(f: torch.Tensor, g: torch.Tensor, temperature: flo
     return 0.5 * (info_nce(f, g, temperature) + info_nce(g, f, temperature))  # L_CL = (L_f->g + L_g->f) / 2  # Eq. 5
 
 
-def brainmvp_loss(l_cmr: torch.Tensor, l_md: torch.Tensor, l_cl: torch.Tensor | float, lambda_md: float = 1.0,
-                  lambda_cl: float = 1.0) -> torch.Tensor:
+def brainmvp_loss(
+    l_cmr: torch.Tensor, l_md: torch.Tensor, l_cl: torch.Tensor | float, lambda_md: float = 1.0, lambda_cl: float = 1.0
+) -> torch.Tensor:
     """L_SSL for terms already averaged over the batch's (sample, modality) draws."""
     return l_cmr + lambda_md * l_md + lambda_cl * l_cl  # L_SSL = mean(L_CMR + l_MD L_MD + l_CL L_CL)  # Eq. 6

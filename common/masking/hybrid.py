@@ -123,7 +123,9 @@ def patch_mask(
     keeper &= available  # positions with nothing available have no keeper
     candidates = available & ~keeper
     k = (ratio * available.flatten(1).sum(1).float()).round().long()  # [B]
-    scores = torch.where(candidates, _rand((b, c, n), generator, available.device), torch.full_like(noise, float("inf")))
+    scores = torch.where(
+        candidates, _rand((b, c, n), generator, available.device), torch.full_like(noise, float("inf"))
+    )
     return _lowest_k(scores.flatten(1), k).view(b, c, n)
 
 

@@ -14,7 +14,9 @@ from common.masking.cross_modal import cross_modal_mask, cube_mask
 __all__ = ["replacement_masks", "template_copies"]
 
 
-def replacement_masks(available: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def replacement_masks(
+    available: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample, two different counts m != n of modalities to replace, and which ones.
 
     Args:
@@ -32,13 +34,23 @@ def replacement_masks(available: torch.Tensor, generator: torch.Generator | None
     n = (u[:, 1] * k).long()
     n = torch.where(n >= m, n + 1, n).clamp(max=k)
     n = torch.where(k == 0, torch.zeros_like(n), n)
-    scores = torch.where(available, torch.rand(b, c, generator=generator, device=available.device), torch.full((b, c), 2.0, device=available.device))
+    scores = torch.where(
+        available,
+        torch.rand(b, c, generator=generator, device=available.device),
+        torch.full((b, c), 2.0, device=available.device),
+    )
     rank = scores.argsort(1).argsort(1)
     return rank < m[:, None], rank < n[:, None]
 
 
-def template_copies(x: torch.Tensor, templates: torch.Tensor, available: torch.Tensor, cube: int = 8,
-                    ratio: float = 0.875, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def template_copies(
+    x: torch.Tensor,
+    templates: torch.Tensor,
+    available: torch.Tensor,
+    cube: int = 8,
+    ratio: float = 0.875,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The two augmented copies X', X'' of a batch ``x`` ``[B, C, *spatial]``.
 
     Args:
@@ -51,7 +63,10 @@ def template_copies(x: torch.Tensor, templates: torch.Tensor, available: torch.T
     avail = available.to(x.device).bool().expand(b, c)
     templates = templates.to(x.dtype).expand_as(x)
     if c == 1:  # uni-modal: mask from the template twice
-        masks = [cube_mask(x.shape[2:], b, cube, ratio, generator, x.device) & avail[:, :, None, None, None] for _ in range(2)]
+        masks = [
+            cube_mask(x.shape[2:], b, cube, ratio, generator, x.device) & avail[:, :, None, None, None]
+            for _ in range(2)
+        ]
         return cross_modal_mask(x, templates, masks[0]), cross_modal_mask(x, templates, masks[1])
     first, second = replacement_masks(avail, generator)
     expand = (slice(None), slice(None)) + (None,) * (x.ndim - 2)

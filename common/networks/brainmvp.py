@@ -18,7 +18,7 @@ from common.losses.brainmvp import cross_modal_reconstruction_loss, distillation
 from common.masking.cross_modal import cross_modal_mask, cube_mask
 from common.networks.templates import ModalityTemplates
 
-__all__ = ["BrainMVP", "BrainMVPInputs"]
+__all__ = ["BrainMVP", "BrainMVPInputs", "build_backbone", "EncoderClassifier", "load_templates"]
 
 
 class BrainMVP(nn.Module):
@@ -38,8 +38,15 @@ class BrainMVP(nn.Module):
     when ``use_contrastive``, ``loss_cl``; the trainer weights them by ``lambda_MD`` and ``lambda_CL`` (Eq. 6).
     """
 
-    def __init__(self, backbone: nn.Module, modalities: Sequence[str], template_canvas: Sequence[int],
-                 cube: int = 8, mask_ratio: float = 0.875, temperature: float = 0.1) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        modalities: Sequence[str],
+        template_canvas: Sequence[int],
+        cube: int = 8,
+        mask_ratio: float = 0.875,
+        temperature: float = 0.1,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.templates = ModalityTemplates(modalities, template_canvas)
@@ -54,8 +61,13 @@ class BrainMVP(nn.Module):
         feats = self.backbone.encode(x)
         return self.backbone.decoder(feats), self.backbone.pool(feats)
 
-    def forward(self, image: torch.Tensor, modality_index: torch.Tensor, box_start: torch.Tensor | None = None,
-                use_contrastive: bool = True) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        image: torch.Tensor,
+        modality_index: torch.Tensor,
+        box_start: torch.Tensor | None = None,
+        use_contrastive: bool = True,
+    ) -> dict[str, torch.Tensor]:
         x_m, x_n = image[:, :1], image[:, 1:2]  # [B, 1, *roi] each
         roi = x_m.shape[2:]
         t_m = self.templates.crop(modality_index[:, 0], box_start, roi)  # [B, 1, *roi]
@@ -64,7 +76,11 @@ class BrainMVP(nn.Module):
         pred_cmr, f = self.forward_view(x_cmr)
         pred_md, g = self.forward_view(x_md)
         out = {
-            "pred": pred_cmr, "pred_md": pred_md, "masked": x_cmr, "masked_md": x_md, "image": x_m,
+            "pred": pred_cmr,
+            "pred_md": pred_md,
+            "masked": x_cmr,
+            "masked_md": x_md,
+            "image": x_m,
             "loss_cmr": cross_modal_reconstruction_loss(pred_cmr, x_m),
             "loss_md": distillation_loss(pred_md, x_m),
         }
@@ -89,8 +105,14 @@ class BrainMVPInputs:
         }
 
 
-def build_backbone(name: str = "uniformer", size: str = "small", in_channels: int = 1, out_channels: int = 1,
-                   skip_connections: bool = False, proj_dim: int | None = None) -> nn.Module:
+def build_backbone(
+    name: str = "uniformer",
+    size: str = "small",
+    in_channels: int = 1,
+    out_channels: int = 1,
+    skip_connections: bool = False,
+    proj_dim: int | None = None,
+) -> nn.Module:
     """BrainMVP's backbones by name, so configs choose one with a string.
 
     Args:
@@ -103,14 +125,15 @@ def build_backbone(name: str = "uniformer", size: str = "small", in_channels: in
     from common.networks.unet3d import unet3d, unet3d_tiny
     from common.networks.uniformer import uniformer_small, uniformer_tiny
 
-    factories = {("uniformer", "small"): uniformer_small, ("uniformer", "tiny"): uniformer_tiny,
-                 ("unet3d", "small"): unet3d, ("unet3d", "tiny"): unet3d_tiny}
+    factories = {
+        ("uniformer", "small"): uniformer_small,
+        ("uniformer", "tiny"): uniformer_tiny,
+        ("unet3d", "small"): unet3d,
+        ("unet3d", "tiny"): unet3d_tiny,
+    }
     if (name, size) not in factories:
         raise ValueError(f"unknown backbone {name!r} of size {size!r}; choose from {sorted(factories)}")
     return factories[(name, size)](in_channels, out_channels, skip_connections=skip_connections, proj_dim=proj_dim)
-
-
-__all__.append("build_backbone")
 
 
 class EncoderClassifier(nn.Module):
@@ -126,7 +149,9 @@ class EncoderClassifier(nn.Module):
         super().__init__()
         self.encoder = backbone.encoder
         width = self.encoder(torch.zeros(1, _in_channels(self.encoder), 32, 32, 32))[-1].shape[1]
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes)) if num_classes > 0 else nn.Identity()
+        self.head = (
+            nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes)) if num_classes > 0 else nn.Identity()
+        )
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.encoder(x)
@@ -177,6 +202,3 @@ def load_templates(path: str | None, modalities: Sequence[str]) -> tuple[Modalit
     frozen.requires_grad_(False)
     log.info(f"loaded frozen templates for {found} from {path} (canvas {tuple(source.shape[2:])})")
     return frozen, found
-
-
-__all__ += ["EncoderClassifier", "load_templates"]

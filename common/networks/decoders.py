@@ -28,19 +28,30 @@ class UpDecoder(nn.Module):
         norm_name: normalisation of the residual blocks.
     """
 
-    def __init__(self, feature_channels: Sequence[int], out_channels: int, skip: bool, final_stride: int = 1,
-                 norm_name: str | tuple = "instance") -> None:
+    def __init__(
+        self,
+        feature_channels: Sequence[int],
+        out_channels: int,
+        skip: bool,
+        final_stride: int = 1,
+        norm_name: str | tuple = "instance",
+    ) -> None:
         super().__init__()
         chans = list(feature_channels)
         self.skip = skip
         self.ups = nn.ModuleList()
         self.blocks = nn.ModuleList()
         for deep, shallow in zip(chans[:0:-1], chans[-2::-1]):
-            self.ups.append(get_conv_layer(3, deep, shallow, kernel_size=2, stride=2, conv_only=True, is_transposed=True))
+            self.ups.append(
+                get_conv_layer(3, deep, shallow, kernel_size=2, stride=2, conv_only=True, is_transposed=True)
+            )
             self.blocks.append(UnetResBlock(3, shallow * (2 if skip else 1), shallow, 3, 1, norm_name))
         self.final_up = (
-            get_conv_layer(3, chans[0], chans[0], kernel_size=final_stride, stride=final_stride, conv_only=True, is_transposed=True)
-            if final_stride > 1 else nn.Identity()
+            get_conv_layer(
+                3, chans[0], chans[0], kernel_size=final_stride, stride=final_stride, conv_only=True, is_transposed=True
+            )
+            if final_stride > 1
+            else nn.Identity()
         )
         self.final_block = UnetResBlock(3, chans[0], chans[0], 3, 1, norm_name) if final_stride > 1 else nn.Identity()
         self.head = nn.Conv3d(chans[0], out_channels, kernel_size=1)
@@ -68,14 +79,24 @@ class EncoderDecoder(nn.Module):
         proj_dim: optional 2-layer projection head on the pooled deepest feature.
     """
 
-    def __init__(self, encoder: nn.Module, feature_channels: Sequence[int], out_channels: int, skip_connections: bool,
-                 final_stride: int = 1, proj_dim: int | None = None) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        feature_channels: Sequence[int],
+        out_channels: int,
+        skip_connections: bool,
+        final_stride: int = 1,
+        proj_dim: int | None = None,
+    ) -> None:
         super().__init__()
         deepest = feature_channels[-1]
         self.encoder = encoder
         self.decoder = UpDecoder(feature_channels, out_channels, skip=skip_connections, final_stride=final_stride)
-        self.projection = nn.Sequential(nn.Linear(deepest, deepest), nn.ReLU(inplace=True),
-                                        nn.Linear(deepest, proj_dim)) if proj_dim else nn.Identity()
+        self.projection = (
+            nn.Sequential(nn.Linear(deepest, deepest), nn.ReLU(inplace=True), nn.Linear(deepest, proj_dim))
+            if proj_dim
+            else nn.Identity()
+        )
         self.embed_dim = proj_dim or deepest
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:

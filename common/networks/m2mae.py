@@ -94,7 +94,9 @@ class M2MAE(nn.Module):
         self.grid = tuple(s // p for s, p in zip(self.img_size, self.patch_size))
         self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
         self.pbt_layers = tuple(pbt_layers)
-        self.mask_kwargs = dict(use_modality_mask=use_modality_mask, position_ratio=position_ratio, patch_ratio=patch_ratio)
+        self.mask_kwargs = dict(
+            use_modality_mask=use_modality_mask, position_ratio=position_ratio, patch_ratio=patch_ratio
+        )
         self.redundancy_weight = redundancy_weight
         self.pbt_center = pbt_center
         self.mse_on = mse_on
@@ -115,7 +117,9 @@ class M2MAE(nn.Module):
         )
         set_fused_attention(self.vit, fused_attention)
         # g(.): the whole decoder is one linear projection from a token to its patch in every modality
-        self.decoder = nn.Linear(hidden_size, in_channels * self.patch_size[0] * self.patch_size[1] * self.patch_size[2])
+        self.decoder = nn.Linear(
+            hidden_size, in_channels * self.patch_size[0] * self.patch_size[1] * self.patch_size[2]
+        )
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, D, H, W]`` -> ``[B, L, C * p^3]`` in the token order of the patch embedding."""
@@ -133,9 +137,13 @@ class M2MAE(nn.Module):
         x = x.permute(0, 4, 1, 5, 2, 6, 3, 7)  # [B, C, gd, pd, gh, ph, gw, pw]
         return x.reshape(b, self.in_channels, gd * pd, gh * ph, gw * pw)
 
-    def random_masking(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def random_masking(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw a hybrid mask ``[B, C, L]`` per sample and return it with the masked volume."""
-        mask = hybrid_mask(x.shape[0], self.in_channels, self.num_patches, generator=generator, device=x.device, **self.mask_kwargs)
+        mask = hybrid_mask(
+            x.shape[0], self.in_channels, self.num_patches, generator=generator, device=x.device, **self.mask_kwargs
+        )
         return mask, apply_mask(x, mask, self.patch_size)
 
     def forward_encoder(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -167,7 +175,9 @@ class M2MAE(nn.Module):
             ``pred`` (reconstruction), ``masked`` (the encoder's masked input), ``mask``, ``loss_mse``, ``loss_pbt``.
         """
         if tuple(x.shape[1:]) != (self.in_channels, *self.img_size):
-            raise ValueError(f"expected input [B, {self.in_channels}, {', '.join(map(str, self.img_size))}], got {list(x.shape)}")
+            raise ValueError(
+                f"expected input [B, {self.in_channels}, {', '.join(map(str, self.img_size))}], got {list(x.shape)}"
+            )
         if mask is None:
             mask, x_m = self.random_masking(x)
         else:

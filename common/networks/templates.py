@@ -41,7 +41,9 @@ class ModalityTemplates(nn.Module):
 
     def set_extra_state(self, state: dict) -> None:
         if list(state["modalities"]) != self.modalities:
-            raise ValueError(f"template modalities differ: checkpoint {state['modalities']} vs network {self.modalities}")
+            raise ValueError(
+                f"template modalities differ: checkpoint {state['modalities']} vs network {self.modalities}"
+            )
 
     def crop(self, modality_index: torch.Tensor, box_start: torch.Tensor | None, size: Sequence[int]) -> torch.Tensor:
         """Each sample's template patch ``[B, 1, *size]`` at its crop box (gradients reach only those voxels).
@@ -58,9 +60,13 @@ class ModalityTemplates(nn.Module):
         if box_start is None:
             raise ValueError(f"templates of canvas {self.canvas} need each sample's crop box for crops of {size}")
         start = box_start.to(chosen.device).long()
-        if (start < 0).any() or (start + torch.tensor(size, device=start.device) > torch.tensor(self.canvas, device=start.device)).any():
-            raise ValueError(f"crop boxes {start.tolist()} of size {size} leave the template canvas {self.canvas}: "
-                             "set template_canvas to the registered volume shape, or to the crop size for unregistered data")
+        if (start < 0).any() or (
+            start + torch.tensor(size, device=start.device) > torch.tensor(self.canvas, device=start.device)
+        ).any():
+            raise ValueError(
+                f"crop boxes {start.tolist()} of size {size} leave the template canvas {self.canvas}: "
+                "set template_canvas to the registered volume shape, or to the crop size for unregistered data"
+            )
         # gather by advanced indexing: one index grid per spatial dim, offset per sample
         b = modality_index.shape[0]
         ar = [torch.arange(s, device=chosen.device) for s in size]

@@ -16,8 +16,13 @@ __all__ = ["UNet3DEncoder", "UNet3D", "unet3d", "unet3d_tiny"]
 class UNet3DEncoder(nn.Module):
     """Two 3x3x3 convolutions per level, max-pool between levels (MONAI ``BasicUNet`` blocks)."""
 
-    def __init__(self, in_channels: int, features: Sequence[int], norm: str | tuple = ("instance", {"affine": True}),
-                 act: str | tuple = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True})) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        features: Sequence[int],
+        norm: str | tuple = ("instance", {"affine": True}),
+        act: str | tuple = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True}),
+    ) -> None:
         super().__init__()
         self.stem = TwoConv(3, in_channels, features[0], act, norm, True)
         self.downs = nn.ModuleList(Down(3, a, b, act, norm, True) for a, b in zip(features[:-1], features[1:]))
@@ -46,8 +51,14 @@ class UNet3D(EncoderDecoder):
         (torch.Size([1, 1, 32, 32, 32]), torch.Size([2, 64]))
     """
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1, features: Sequence[int] = (32, 64, 128, 256, 512),
-                 skip_connections: bool = True, proj_dim: int | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        features: Sequence[int] = (32, 64, 128, 256, 512),
+        skip_connections: bool = True,
+        proj_dim: int | None = None,
+    ) -> None:
         super().__init__(UNet3DEncoder(in_channels, features), features, out_channels, skip_connections, 1, proj_dim)
 
 

@@ -33,7 +33,9 @@ class CBlock(nn.Module):
         super().__init__()
         self.pos = nn.Conv3d(dim, dim, 3, padding=1, groups=dim)
         self.norm1 = nn.BatchNorm3d(dim)
-        self.aggregate = nn.Sequential(nn.Conv3d(dim, dim, 1), nn.Conv3d(dim, dim, 5, padding=2, groups=dim), nn.Conv3d(dim, dim, 1))
+        self.aggregate = nn.Sequential(
+            nn.Conv3d(dim, dim, 1), nn.Conv3d(dim, dim, 5, padding=2, groups=dim), nn.Conv3d(dim, dim, 1)
+        )
         self.norm2 = nn.BatchNorm3d(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Conv3d(dim, hidden, 1), nn.GELU(), nn.Conv3d(hidden, dim, 1))
@@ -67,8 +69,15 @@ class SBlock(nn.Module):
 class UniFormerEncoder(nn.Module):
     """Four stages (local, local, global, global) at 1/4, 1/8, 1/16 and 1/32 of the input resolution."""
 
-    def __init__(self, in_channels: int, dims: Sequence[int], depths: Sequence[int], head_dim: int = 64,
-                 mlp_ratio: float = 4.0, fused_attention: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        dims: Sequence[int],
+        depths: Sequence[int],
+        head_dim: int = 64,
+        mlp_ratio: float = 4.0,
+        fused_attention: bool = True,
+    ) -> None:
         super().__init__()
         self.embeds = nn.ModuleList()
         self.stages = nn.ModuleList()
@@ -76,7 +85,11 @@ class UniFormerEncoder(nn.Module):
         for i, (dim, depth) in enumerate(zip(dims, depths)):
             stride = 4 if i == 0 else 2
             self.embeds.append(nn.Sequential(nn.Conv3d(prev, dim, stride, stride=stride), nn.GroupNorm(1, dim)))
-            block = (lambda: CBlock(dim, mlp_ratio)) if i < 2 else (lambda: SBlock(dim, head_dim, mlp_ratio, fused_attention))
+            block = (
+                (lambda: CBlock(dim, mlp_ratio))
+                if i < 2
+                else (lambda: SBlock(dim, head_dim, mlp_ratio, fused_attention))
+            )
             self.stages.append(nn.Sequential(*[block() for _ in range(depth)]))
             prev = dim
 
@@ -108,9 +121,17 @@ class UniFormer3D(EncoderDecoder):
         torch.Size([1, 1, 32, 32, 32])
     """
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1, dims: Sequence[int] = (64, 128, 320, 512),
-                 depths: Sequence[int] = (3, 4, 8, 3), head_dim: int = 64, skip_connections: bool = True,
-                 proj_dim: int | None = None, fused_attention: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        dims: Sequence[int] = (64, 128, 320, 512),
+        depths: Sequence[int] = (3, 4, 8, 3),
+        head_dim: int = 64,
+        skip_connections: bool = True,
+        proj_dim: int | None = None,
+        fused_attention: bool = True,
+    ) -> None:
         encoder = UniFormerEncoder(in_channels, dims, depths, head_dim, fused_attention=fused_attention)
         super().__init__(encoder, dims, out_channels, skip_connections, 4, proj_dim)
 

@@ -46,9 +46,20 @@ class ViTClassifier(nn.Module):
         freeze_encoder: bool = False,
     ) -> None:
         super().__init__()
-        self.vit = ViT(in_channels=in_channels, img_size=img_size, patch_size=patch_size, hidden_size=hidden_size,
-                       mlp_dim=mlp_dim, num_layers=num_layers, num_heads=num_heads, proj_type="conv",
-                       classification=False, dropout_rate=dropout_rate, spatial_dims=3, qkv_bias=qkv_bias)
+        self.vit = ViT(
+            in_channels=in_channels,
+            img_size=img_size,
+            patch_size=patch_size,
+            hidden_size=hidden_size,
+            mlp_dim=mlp_dim,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            proj_type="conv",
+            classification=False,
+            dropout_rate=dropout_rate,
+            spatial_dims=3,
+            qkv_bias=qkv_bias,
+        )
         # features of a frozen encoder vary in scale: normalise before the probe
         self.norm = nn.LayerNorm(hidden_size) if num_classes > 0 else nn.Identity()
         self.head = nn.Linear(hidden_size, num_classes) if num_classes > 0 else nn.Identity()

@@ -14,7 +14,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, SpatialCrop
 from monai.utils import ensure_tuple_rep
 
-__all__ = ["SampleModalityPaird", "RandCropWithBoxd"]
+__all__ = ["SampleModalityPaird", "RandCropWithBoxd", "template_canvas", "BoxFromAffined"]
 
 
 class SampleModalityPaird(Randomizable, MapTransform):
@@ -30,8 +30,13 @@ class SampleModalityPaird(Randomizable, MapTransform):
         drop_sources: delete the per-modality volumes afterwards (keeps batches small).
     """
 
-    def __init__(self, modalities: Sequence[str], out_key: str = "image", index_key: str = "modality_index",
-                 drop_sources: bool = True) -> None:
+    def __init__(
+        self,
+        modalities: Sequence[str],
+        out_key: str = "image",
+        index_key: str = "modality_index",
+        drop_sources: bool = True,
+    ) -> None:
         MapTransform.__init__(self, list(modalities), allow_missing_keys=True)
         self.modalities = list(modalities)
         self.out_key, self.index_key, self.drop_sources = out_key, index_key, drop_sources
@@ -53,8 +58,10 @@ class SampleModalityPaird(Randomizable, MapTransform):
         m, n = self._pair
         x_m, x_n = d[self.modalities[m]], d[self.modalities[n]]
         if x_m.shape != x_n.shape:
-            raise ValueError(f"subject {d.get('subject_id', '?')}: {self.modalities[m]} {tuple(x_m.shape)} and "
-                             f"{self.modalities[n]} {tuple(x_n.shape)} differ in shape; co-register the study first")
+            raise ValueError(
+                f"subject {d.get('subject_id', '?')}: {self.modalities[m]} {tuple(x_m.shape)} and "
+                f"{self.modalities[n]} {tuple(x_n.shape)} differ in shape; co-register the study first"
+            )
         d[self.out_key] = torch.cat([torch.as_tensor(x_m), torch.as_tensor(x_n)], dim=0)
         d[self.index_key] = torch.tensor([m, n], dtype=torch.long)
         if self.drop_sources:
@@ -76,8 +83,14 @@ class RandCropWithBoxd(Randomizable, MapTransform):
         box_key: output key of the ``LongTensor[3]`` start corner.
     """
 
-    def __init__(self, keys: KeysCollection, roi_size: Sequence[int] | int, fg_prob: float = 0.5,
-                 source_key: str = "image", box_key: str = "box_start") -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        roi_size: Sequence[int] | int,
+        fg_prob: float = 0.5,
+        source_key: str = "image",
+        box_key: str = "box_start",
+    ) -> None:
         MapTransform.__init__(self, keys)
         self.roi_size = ensure_tuple_rep(roi_size, 3)
         self.fg_prob, self.source_key, self.box_key = fg_prob, source_key, box_key
@@ -87,7 +100,9 @@ class RandCropWithBoxd(Randomizable, MapTransform):
         shape = np.array(source.shape[1:])
         size = np.array(self.roi_size)
         if (shape < size).any():
-            raise ValueError(f"volume {tuple(shape)} is smaller than the crop {tuple(size)}; pad it first (SpatialPadd)")
+            raise ValueError(
+                f"volume {tuple(shape)} is smaller than the crop {tuple(size)}; pad it first (SpatialPadd)"
+            )
         centre = None
         if self.R.rand() < self.fg_prob:
             fg = torch.nonzero(torch.as_tensor(source).amax(0) > 0)
@@ -107,8 +122,9 @@ class RandCropWithBoxd(Randomizable, MapTransform):
         return d
 
 
-def template_canvas(canvas: Sequence[int] | str, entries: Sequence[dict], modalities: Sequence[str],
-                    roi_size: Sequence[int]) -> list[int]:
+def template_canvas(
+    canvas: Sequence[int] | str, entries: Sequence[dict], modalities: Sequence[str], roi_size: Sequence[int]
+) -> list[int]:
     """The template canvas: given explicitly, ``"crop"`` (= ``roi_size``, for unregistered data), or ``"auto"``:
     the grid of the first study's first image (header only), at least ``roi_size`` (volumes are end-padded)."""
     if canvas == "crop":
@@ -123,9 +139,6 @@ def template_canvas(canvas: Sequence[int] | str, entries: Sequence[dict], modali
                 shape = nib.load(entry[m]).shape[:3]
                 return [max(int(s), int(r)) for s, r in zip(shape, roi_size)]
     raise ValueError(f"no image of {list(modalities)} in the datalist to size the template canvas from")
-
-
-__all__.append("template_canvas")
 
 
 class BoxFromAffined(MapTransform):
@@ -151,6 +164,3 @@ class BoxFromAffined(MapTransform):
         in_original = torch.linalg.solve(original, img.affine.to(torch.float64) @ corners.T).T[:, :3]
         d[self.box_key] = in_original.min(0).values.round().long()
         return d
-
-
-__all__.append("BoxFromAffined")
