@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# a 12-block ViT of width 48 on 32^3 crops: the M2-MAE encoder shape UNETR accepts, small enough for CI
+TINY_VIT = ["--roi_size", "[32,32,32]", "--hidden_size", "48", "--mlp_dim", "96", "--num_heads", "4"]
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 

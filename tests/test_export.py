@@ -8,20 +8,13 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, TINY_VIT
 from monai.bundle import ConfigParser
 
 CASES = {
     "m2mae_seg": (
         [
-            "--roi_size",
-            "[32,32,32]",
-            "--hidden_size",
-            "48",
-            "--mlp_dim",
-            "96",
-            "--num_heads",
-            "4",
+            *TINY_VIT,
             "--feature_size",
             "8",
         ],

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_bundle
+from conftest import REPO, TINY_VIT, run_bundle
 
 TRAIN = "bundles/m2mae/configs/train.json"
 LINE = re.compile(r"Epoch: (\d+)/\d+, Iter: (\d+)/\d+ -- loss: ([-\d.e+]+)")
@@ -21,14 +21,7 @@ def args(out: Path, dataset: Path, epochs: int) -> list[str]:
     return [
         "--dataset_dir",
         str(dataset.parent),
-        "--roi_size",
-        "[32,32,32]",
-        "--hidden_size",
-        "48",
-        "--mlp_dim",
-        "96",
-        "--num_heads",
-        "4",
+        *TINY_VIT,
         "--disc_channels",
         "8",
         "--num_workers",

@@ -7,21 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_bundle
+from conftest import REPO, TINY_VIT, run_bundle
 from monai.networks.nets import UNETR
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 TRAIN = "bundles/m2mae/configs/train.json"
 MULTI_GPU = "bundles/m2mae/configs/multi_gpu_train.json"
 TINY = [
-    "--roi_size",
-    "[32,32,32]",
-    "--hidden_size",
-    "48",
-    "--mlp_dim",
-    "96",
-    "--num_heads",
-    "4",
+    *TINY_VIT,
     "--disc_channels",
     "8",
     "--num_workers",
@@ -116,14 +109,7 @@ def test_inference_extracts_encoder_features(tmp_path, demo_dataset):
     run_bundle(TRAIN, *tiny(tmp_path, demo_dataset, epochs=1))
     run_bundle(
         "bundles/m2mae/configs/inference.json",
-        "--roi_size",
-        "[32,32,32]",
-        "--hidden_size",
-        "48",
-        "--mlp_dim",
-        "96",
-        "--num_heads",
-        "4",
+        *TINY_VIT,
         "--dataset_dir",
         str(demo_dataset.parent),
         "--ckpt_dir",

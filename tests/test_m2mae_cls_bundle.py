@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, run_bundle
+from conftest import REPO, TINY_VIT, run_bundle
 
 from common.networks.m2mae import m2mae_vit_tiny
 
@@ -18,14 +18,7 @@ TINY = [
     "{'num_cases': 6, 'spacing': 3.0}",
     "--resize",
     "[32,32,32]",
-    "--roi_size",
-    "[32,32,32]",
-    "--hidden_size",
-    "48",
-    "--mlp_dim",
-    "96",
-    "--num_heads",
-    "4",
+    *TINY_VIT,
     "--num_workers",
     "0",
 ]

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_bundle
+from conftest import REPO, TINY_VIT, run_bundle
 
 from common.networks.m2mae import m2mae_vit_tiny
 
@@ -20,14 +20,7 @@ TRAIN = "bundles/m2mae_seg/configs/train.json"
 EVALUATE = "bundles/m2mae_seg/configs/evaluate.json"
 INFERENCE = "bundles/m2mae_seg/configs/inference.json"
 TINY = [
-    "--roi_size",
-    "[32,32,32]",
-    "--hidden_size",
-    "48",
-    "--mlp_dim",
-    "96",
-    "--num_heads",
-    "4",
+    *TINY_VIT,
     "--feature_size",
     "8",
     "--num_workers",

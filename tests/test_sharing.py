@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, TINY_VIT
 from monai.networks.nets import UNETR
 
 sys.path.insert(0, str(REPO / "tools"))
 import download_bundle  # noqa: E402
 import package_bundle  # noqa: E402
 
-TINY = ["--roi_size", "[32,32,32]", "--hidden_size", "48", "--mlp_dim", "96", "--num_heads", "4", "--feature_size", "8"]
+TINY = [*TINY_VIT, "--feature_size", "8"]
 
 
 @pytest.fixture()
