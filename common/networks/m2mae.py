@@ -11,26 +11,13 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-from monai.networks.nets import ViT
 from monai.utils import ensure_tuple_rep
 
 from common.losses.barlow import pyramid_barlow_loss
 from common.masking.hybrid import apply_mask, hybrid_mask
+from common.networks.vit import set_fused_attention, unetr_vit
 
 __all__ = ["M2MAE", "m2mae_vit_base_patch16", "m2mae_vit_tiny", "set_fused_attention"]
-
-
-def set_fused_attention(module: nn.Module, enabled: bool = True) -> nn.Module:
-    """Switch every MONAI ``SABlock`` in ``module`` between fused (``scaled_dot_product_attention``) and explicit
-    attention. MONAI's ``ViT``/``UNETR`` do not expose the switch; the block reads it at every forward."""
-    from monai.networks.blocks import SABlock
-
-    for block in module.modules():
-        if isinstance(block, SABlock):
-            if enabled and (block.save_attn or block.rel_positional_embedding is not None):
-                raise ValueError("fused attention cannot save attention maps or use relative position embeddings")
-            block.use_flash_attention = enabled
-    return module
 
 
 class M2MAE(nn.Module):
@@ -100,22 +87,11 @@ class M2MAE(nn.Module):
         self.redundancy_weight = redundancy_weight
         self.pbt_center = pbt_center
         self.mse_on = mse_on
-        # the same arguments UNETR passes to its ViT, so the keys and shapes match UNETR.vit.*
-        self.vit = ViT(
-            in_channels=in_channels,
-            img_size=self.img_size,
-            patch_size=self.patch_size,
-            hidden_size=hidden_size,
-            mlp_dim=mlp_dim,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            proj_type="conv",
-            classification=False,
-            dropout_rate=dropout_rate,
-            spatial_dims=3,
-            qkv_bias=qkv_bias,
-        )
-        set_fused_attention(self.vit, fused_attention)
+        # built as UNETR builds its ViT, so the keys and shapes match UNETR.vit.*
+        self.vit = unetr_vit(
+            in_channels, self.img_size, self.patch_size, hidden_size, mlp_dim, num_layers, num_heads,
+            dropout_rate, qkv_bias, fused_attention,
+        )  # fmt: skip
         # g(.): the whole decoder is one linear projection from a token to its patch in every modality
         self.decoder = nn.Linear(
             hidden_size, in_channels * self.patch_size[0] * self.patch_size[1] * self.patch_size[2]

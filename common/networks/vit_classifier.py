@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-from monai.networks.nets import ViT
+
+from common.networks.vit import unetr_vit
 
 __all__ = ["ViTClassifier"]
 
@@ -23,6 +24,7 @@ class ViTClassifier(nn.Module):
         num_classes: outputs of the head (1 for a binary task with a sigmoid, K for softmax); 0 returns the
             pooled encoder features themselves (feature extraction).
         freeze_encoder: linear probe: the encoder has no gradients and stays in eval mode.
+        fused_attention: PyTorch's fused scaled-dot-product attention (same maths, no attention matrix in memory).
 
     Example::
 
@@ -44,22 +46,13 @@ class ViTClassifier(nn.Module):
         qkv_bias: bool = False,
         dropout_rate: float = 0.0,
         freeze_encoder: bool = False,
+        fused_attention: bool = True,
     ) -> None:
         super().__init__()
-        self.vit = ViT(
-            in_channels=in_channels,
-            img_size=img_size,
-            patch_size=patch_size,
-            hidden_size=hidden_size,
-            mlp_dim=mlp_dim,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            proj_type="conv",
-            classification=False,
-            dropout_rate=dropout_rate,
-            spatial_dims=3,
-            qkv_bias=qkv_bias,
-        )
+        self.vit = unetr_vit(
+            in_channels, img_size, patch_size, hidden_size, mlp_dim, num_layers, num_heads,
+            dropout_rate, qkv_bias, fused_attention,
+        )  # fmt: skip
         # features of a frozen encoder vary in scale: normalise before the probe
         self.norm = nn.LayerNorm(hidden_size) if num_classes > 0 else nn.Identity()
         self.head = nn.Linear(hidden_size, num_classes) if num_classes > 0 else nn.Identity()
