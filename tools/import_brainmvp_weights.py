@@ -1,22 +1,48 @@
 """Import a BrainMVP checkpoint released by the paper's authors into this collection's brainmvp network.
 
 Their files are ``torch.save`` dicts whose ``state_dict`` keys carry DDP's ``module.`` prefix, with the encoder
-under ``uniformer.`` (UniFormer checkpoints) or ``encoder.`` (UNet checkpoints) and the templates in
-``rep_template`` ``[8, 240, 240, 155]`` in the order flair, t1, t1c, t2, mra, pd, dwi, adc. This tool maps them
-by key onto ``common.networks.brainmvp.BrainMVP`` (``backbone.encoder.*``, ``templates.templates``), loads
-nothing unless every mapped tensor matches by name and shape, reports what it loaded, and writes a checkpoint the
-downstream bundles read (``--pretrained_ckpt``). The file is read with ``weights_only=True``; get it yourself
-and check its hash: nothing is downloaded here.
+under ``uniformer.`` (UniFormer checkpoints; their pre-training script's ``RecModel`` nests it as
+``encoder.uniformer.``, also accepted) or ``encoder.`` (UNet checkpoints) and the templates in ``rep_template``
+``[8, 240, 240, 155]`` in the order flair, t1, t1c, t2, mra, pd, dwi, adc. This tool maps them onto
+``common.networks.brainmvp.BrainMVP`` (``backbone.encoder.*``, ``templates.templates``), loads nothing unless
+every mapped tensor matches by name and shape (anything else is refused with a listing), reports what it loaded,
+and writes a checkpoint the downstream bundles read (``--pretrained_ckpt``). The file is read with
+``weights_only=True``; get it yourself and check its hash: nothing is downloaded here.
+
+UniFormer: the authors' UniFormer-S differs from this collection's default one (stride-2 patch embeddings in all
+four stages with a per-voxel layer norm, layer norm epsilon 1e-6, a batch norm on the deepest feature, other
+module names, and an input permuted from (H, W, D) to (D, H, W) before the first layer), so their weights are
+mapped onto the ``layout="official"`` variant of ``common.networks.uniformer`` and compute the same function:
+
+* names: ``patch_embed{i}.proj`` / ``.norm`` -> ``embeds.{i-1}.0`` / ``.1``; ``blocks{s}.{j}`` ->
+  ``stages.{s-1}.{j}`` with ``pos_embed`` -> ``pos``, local blocks ``conv1`` / ``attn`` / ``conv2`` ->
+  ``aggregate.0`` / ``.1`` / ``.2`` and ``mlp.fc1`` / ``mlp.fc2`` -> ``mlp.0`` / ``mlp.2``, global blocks
+  ``attn.proj`` -> ``attn.out_proj`` and ``mlp.fc1`` / ``mlp.fc2`` -> ``mlp.linear1`` / ``mlp.linear2``;
+  ``norm`` -> ``norm`` (batch-norm running statistics included);
+* every 3-D convolution kernel is permuted ``(out, in, k0, k1, k2) -> (out, in, k1, k2, k0)``, so the network
+  runs on un-permuted (H, W, D) inputs and its features keep the input's axis order (theirs are (D, H, W));
+* ``attn.qkv`` needs no reordering: both split its outputs as (q/k/v, head, channel).
+
+Only the encoder and the templates are imported; the authors' pre-training decoder (``decoder.decoder2..5``,
+``decoder.proj1``, ``decoder.out_1``: a different architecture no downstream bundle loads) is skipped and
+reported. The written file holds ``backbone_layout`` (``"official"`` for UniFormer) next to the weights: run the
+downstream bundles with ``--backbone_layout official`` (networks from ``build_backbone(..., layout="official")``).
+
+UNet3D: keys under ``encoder.`` are mapped by name onto this collection's ``UNet3D`` unchanged; the authors' own
+UNet3D is another architecture (``build_backbone`` has no ``official`` UNet3D layout), so a real official UNet
+file is refused with the list of its unmatched keys.
 
     python tools/import_brainmvp_weights.py --src BrainMVP_uniformer.pt --out bundles/brainmvp/models/model.pt
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import fire
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -27,28 +53,113 @@ OFFICIAL_MODALITIES = ["flair", "t1", "t1c", "t2", "mra", "pd", "dwi", "adc"]
 # our modality names for theirs (the demo set and BraTS-2021 naming say t1ce)
 RENAME = {"t1c": "t1ce"}
 ENCODER_PREFIXES = {"uniformer": "uniformer.", "unet3d": "encoder."}
+# where the authors' files keep a UniFormer encoder: released weights, and their pre-training RecModel's nesting
+UNIFORMER_PREFIXES = ("uniformer.", "encoder.uniformer.")
+# the backbone layout each imported backbone needs downstream (written next to the weights)
+LAYOUTS = {"uniformer": "official", "unet3d": "collection"}
+LAYOUT_KEY = "backbone_layout"
+# the authors' pre-training decoder (UniSegDecoder): not ours, never loaded downstream, skipped
+OFFICIAL_DECODER = re.compile(r"decoder\.(decoder[2-5]|proj1|out_1)\.")
+
+_PARAM = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
+_EMBED = re.compile(rf"patch_embed([1-4])\.(proj|norm)\.{_PARAM}")
+_BLOCK = re.compile(rf"blocks([1-4])\.(\d+)\.(.+)\.{_PARAM}")
+_NORM = re.compile(rf"norm\.{_PARAM}")
+# their block sub-modules -> ours: stages 1-2 (local, CBlock) and 3-4 (global, SBlock)
+_LOCAL = {
+    "pos_embed": "pos",
+    "norm1": "norm1",
+    "conv1": "aggregate.0",
+    "attn": "aggregate.1",
+    "conv2": "aggregate.2",
+    "norm2": "norm2",
+    "mlp.fc1": "mlp.0",
+    "mlp.fc2": "mlp.2",
+}
+_GLOBAL = {
+    "pos_embed": "pos",
+    "norm1": "norm1",
+    "attn.qkv": "attn.qkv",
+    "attn.proj": "attn.out_proj",
+    "norm2": "norm2",
+    "mlp.fc1": "mlp.linear1",
+    "mlp.fc2": "mlp.linear2",
+}
 
 
 class UnmatchedKeysError(KeyError):
     """The source does not map onto the network: nothing was imported."""
 
 
+def official_uniformer_name(key: str) -> str | None:
+    """Our ``UniFormerEncoder`` (official layout) name for one of the authors' UniFormer keys (no prefix), or
+    ``None`` when it has no counterpart."""
+    if m := _EMBED.fullmatch(key):
+        return f"embeds.{int(m[1]) - 1}.{0 if m[2] == 'proj' else 1}.{m[3]}"
+    if m := _BLOCK.fullmatch(key):
+        ours = (_LOCAL if int(m[1]) <= 2 else _GLOBAL).get(m[3])
+        return f"stages.{int(m[1]) - 1}.{m[2]}.{ours}.{m[4]}" if ours else None
+    if m := _NORM.fullmatch(key):
+        return f"norm.{m[1]}"
+    return None
+
+
+def official_uniformer_tensor(value: torch.Tensor) -> torch.Tensor:
+    """Their tensor in our layout: 3-D convolution kernels act on (D, H, W) = our axes (2, 0, 1) there, so
+    ``(out, in, k0, k1, k2)`` becomes ``(out, in, k1, k2, k0)``; everything else is unchanged."""
+    return value.permute(0, 1, 3, 4, 2).contiguous() if value.ndim == 5 else value
+
+
+def _map_encoder(state: dict, backbone: str) -> tuple[dict, list[str], list[str]]:
+    """``(ours-name -> tensor, unmatched keys, skipped keys)`` for the encoder part of a source state dict."""
+    mapped, unmatched, skipped = {}, [], []
+    for key, value in state.items():
+        if backbone == "uniformer":
+            prefix = next((p for p in UNIFORMER_PREFIXES if key.startswith(p)), None)
+            if prefix is None:
+                if OFFICIAL_DECODER.match(key):
+                    skipped.append(key)
+                else:
+                    unmatched.append(f"{key} (not under {' or '.join(repr(p) for p in UNIFORMER_PREFIXES)})")
+                continue
+            name = official_uniformer_name(key[len(prefix) :])
+            if name is None:
+                unmatched.append(f"{key} (no counterpart in the official-layout UniFormer)")
+                continue
+            value = official_uniformer_tensor(value)
+        else:
+            prefix = ENCODER_PREFIXES[backbone]
+            if not key.startswith(prefix):
+                unmatched.append(f"{key} (not under '{prefix}')")
+                continue
+            name = key[len(prefix) :]
+        ours = "backbone.encoder." + name
+        if ours in mapped:
+            unmatched.append(f"{key} (a second source for {ours})")
+        else:
+            mapped[ours] = (key, value)
+    return mapped, unmatched, skipped
+
+
 def convert(source: dict, backbone: str = "uniformer", size: str = "small") -> tuple[dict, list[str]]:
-    """Map an official state dict onto a fresh ``BrainMVP``; returns ``(state_dict, report lines)``."""
+    """Map an official state dict onto a fresh ``BrainMVP``; returns ``(state_dict, report lines)``.
+
+    The state dict is the network's plus ``backbone_layout`` (a string: the ``layout`` of ``build_backbone`` the
+    weights need), which ``main`` writes and the downstream loaders ignore.
+    """
+    if backbone not in LAYOUTS:
+        raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(LAYOUTS)}")
     state = source.get("state_dict", source) if isinstance(source, dict) else source
     state = {k.removeprefix("module."): v for k, v in state.items()}
     modalities = [RENAME.get(m, m) for m in OFFICIAL_MODALITIES]
     templates = state.pop("rep_template", None)
     canvas = tuple(templates.shape[-3:]) if templates is not None else (96, 96, 96)
-    net = BrainMVP(build_backbone(backbone, size), modalities, canvas)
+    layout = LAYOUTS[backbone]
+    net = BrainMVP(build_backbone(backbone, size, layout=layout), modalities, canvas)
     target = net.state_dict()
-    prefix = ENCODER_PREFIXES[backbone]
-    mapped, unmatched = {}, []
-    for key, value in state.items():
-        if not key.startswith(prefix):
-            unmatched.append(f"{key} (not under '{prefix}')")
-            continue
-        ours = "backbone.encoder." + key[len(prefix) :]
+    candidates, unmatched, skipped = _map_encoder(state, backbone)
+    mapped = {}
+    for ours, (key, value) in candidates.items():
         if ours not in target:
             unmatched.append(f"{key} (no {ours} in the network)")
         elif tuple(target[ours].shape) != tuple(value.shape):
@@ -57,12 +168,26 @@ def convert(source: dict, backbone: str = "uniformer", size: str = "small") -> t
             mapped[ours] = value
     missing = sorted(k for k in target if k.startswith("backbone.encoder.") and k not in mapped)
     if unmatched or missing:
+        hint = (
+            " (the unet3d import maps this collection's UNet3D names only: the authors' UNet3D is not supported)"
+            if backbone == "unet3d"
+            else ""
+        )
         raise UnmatchedKeysError(
-            f"{len(unmatched)} source tensors do not map onto the {backbone}-{size} encoder and {len(missing)} encoder "
-            f"tensors have no source; nothing imported.\nunmatched: {unmatched[:20]}{' ...' if len(unmatched) > 20 else ''}"
+            f"{len(unmatched)} source tensors do not map onto the {backbone}-{size} encoder ({layout} layout) and "
+            f"{len(missing)} encoder tensors have no source; nothing imported{hint}."
+            f"\nunmatched: {unmatched[:20]}{' ...' if len(unmatched) > 20 else ''}"
             f"\nmissing: {missing[:20]}{' ...' if len(missing) > 20 else ''}"
         )
-    report = [f"encoder: {len(mapped)} tensors from '{prefix}*' -> 'backbone.encoder.*'"]
+    if backbone == "uniformer":
+        report = [
+            f"encoder: {len(mapped)} tensors from the authors' UniFormer ('uniformer.*') -> 'backbone.encoder.*' "
+            "(official layout: names mapped, 3-D convolution kernels permuted to the input's axis order)"
+        ]
+    else:
+        report = [f"encoder: {len(mapped)} tensors from 'encoder.*' -> 'backbone.encoder.*'"]
+    if skipped:
+        report.append(f"skipped: {len(skipped)} tensors of the authors' pre-training decoder (not used downstream)")
     if templates is not None:
         if templates.shape[0] != len(OFFICIAL_MODALITIES):
             raise UnmatchedKeysError(
@@ -73,7 +198,11 @@ def convert(source: dict, backbone: str = "uniformer", size: str = "small") -> t
     else:
         report.append("templates: none in the source (downstream template augmentation will be off)")
     net.load_state_dict(mapped, strict=False)
-    return net.state_dict(), report
+    report.append(
+        f"backbone layout: {layout} (stored as '{LAYOUT_KEY}'); run the downstream bundles with "
+        f"--backbone {backbone} --backbone_layout {layout}"
+    )
+    return {**net.state_dict(), LAYOUT_KEY: layout}, report
 
 
 def main(src: str, out: str, backbone: str = "uniformer", size: str = "small") -> None:

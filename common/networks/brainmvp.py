@@ -112,6 +112,7 @@ def build_backbone(
     out_channels: int = 1,
     skip_connections: bool = False,
     proj_dim: int | None = None,
+    layout: str = "collection",
 ) -> nn.Module:
     """BrainMVP's backbones by name, so configs choose one with a string.
 
@@ -121,6 +122,9 @@ def build_backbone(
         in_channels, out_channels: 1 and 1 in pre-training; modalities and classes downstream.
         skip_connections: False in pre-training (paper 3.1), True downstream.
         proj_dim: optional projection head for the contrastive embedding (None: the pooled feature itself).
+        layout: ``collection`` (default: this collection's networks) or ``official`` (UniFormer only: the BrainMVP
+            authors' layout, which checkpoints imported by ``tools/import_brainmvp_weights.py`` need; see
+            ``common.networks.uniformer``).
     """
     from common.networks.unet3d import unet3d, unet3d_tiny
     from common.networks.uniformer import uniformer_small, uniformer_tiny
@@ -133,7 +137,15 @@ def build_backbone(
     }
     if (name, size) not in factories:
         raise ValueError(f"unknown backbone {name!r} of size {size!r}; choose from {sorted(factories)}")
-    return factories[(name, size)](in_channels, out_channels, skip_connections=skip_connections, proj_dim=proj_dim)
+    kwargs = {"skip_connections": skip_connections, "proj_dim": proj_dim}
+    if name == "uniformer":
+        kwargs["layout"] = layout
+    elif layout != "collection":
+        raise ValueError(
+            f"layout {layout!r} is not supported for the {name} backbone: only 'collection' is; the BrainMVP "
+            "authors' UNet3D layout is not implemented (only their UniFormer layout is, as 'official')"
+        )
+    return factories[(name, size)](in_channels, out_channels, **kwargs)
 
 
 class EncoderClassifier(nn.Module):

@@ -9,6 +9,18 @@ multi-head self-attention, with PyTorch's fused attention when ``use_flash_atten
 * stages 3-4 use *global* ones (SABlock): layer norm, multi-head self-attention over all tokens, MLP;
 * a strided convolution embeds patches before each stage (stride 4, then 2, 2, 2).
 
+``layout`` chooses between two variants of the same architecture:
+
+* ``"collection"`` (default): the above, with a group norm after each patch embedding and PyTorch's default layer
+  norm epsilon (1e-5): the network this collection trains from scratch;
+* ``"official"``: the layout of the BrainMVP authors' released UniFormer-S, so their weights run unchanged in maths
+  (``tools/import_brainmvp_weights.py`` maps their checkpoints onto it): kernel-2, stride-2 patch embeddings in all
+  four stages (features at 1/2, 1/4, 1/8, 1/16), each followed by a layer norm over the channels of every voxel,
+  layer norm epsilon 1e-6 in the global blocks, and a batch norm on the deepest feature. Module names are the same
+  as the collection's (``embeds``, ``stages``, plus ``norm``), so decoders and downstream bundles work with both.
+  The authors' network permutes its input from (H, W, D) to (D, H, W) first; this one does not, the importer
+  permutes their convolution kernels instead, so features come out in the same axis order as the input.
+
 ``UniFormer3D`` adds an up-sampling decoder (``UpDecoder``) to full resolution, with or without skips, for
 BrainMVP's reconstruction pre-training and for segmentation downstream.
 """
@@ -23,7 +35,22 @@ from monai.networks.blocks import MLPBlock, SABlock
 
 from common.networks.decoders import EncoderDecoder
 
-__all__ = ["UniFormerEncoder", "UniFormer3D", "uniformer_small", "uniformer_tiny"]
+__all__ = ["UniFormerEncoder", "UniFormer3D", "uniformer_small", "uniformer_tiny", "LAYOUTS"]
+
+LAYOUTS = ("collection", "official")
+
+
+def _check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown UniFormer layout {layout!r}; choose from {LAYOUTS}")
+    return layout
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """Layer norm over the channels of each voxel of a ``[B, C, *spatial]`` tensor (a token-wise layer norm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
 
 
 class CBlock(nn.Module):
@@ -49,12 +76,19 @@ class CBlock(nn.Module):
 class SBlock(nn.Module):
     """Global UniFormer block: DPE, multi-head self-attention over all tokens, MLP (MONAI blocks)."""
 
-    def __init__(self, dim: int, head_dim: int = 64, mlp_ratio: float = 4.0, fused_attention: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        head_dim: int = 64,
+        mlp_ratio: float = 4.0,
+        fused_attention: bool = True,
+        eps: float = 1e-5,
+    ) -> None:
         super().__init__()
         self.pos = nn.Conv3d(dim, dim, 3, padding=1, groups=dim)
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = SABlock(dim, max(1, dim // head_dim), qkv_bias=True, use_flash_attention=fused_attention)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, C, D, H, W]
@@ -67,7 +101,9 @@ class SBlock(nn.Module):
 
 
 class UniFormerEncoder(nn.Module):
-    """Four stages (local, local, global, global) at 1/4, 1/8, 1/16 and 1/32 of the input resolution."""
+    """Four stages (local, local, global, global) at 1/4, 1/8, 1/16 and 1/32 of the input resolution (``layout``
+    ``"collection"``) or at 1/2, 1/4, 1/8 and 1/16 (``"official"``, the BrainMVP authors' layout: see the module
+    docstring)."""
 
     def __init__(
         self,
@@ -77,27 +113,40 @@ class UniFormerEncoder(nn.Module):
         head_dim: int = 64,
         mlp_ratio: float = 4.0,
         fused_attention: bool = True,
+        layout: str = "collection",
     ) -> None:
         super().__init__()
+        self.layout = _check_layout(layout)
+        official = layout == "official"
+        eps = 1e-6 if official else 1e-5
         self.embeds = nn.ModuleList()
         self.stages = nn.ModuleList()
         prev = in_channels
         for i, (dim, depth) in enumerate(zip(dims, depths)):
-            stride = 4 if i == 0 else 2
-            self.embeds.append(nn.Sequential(nn.Conv3d(prev, dim, stride, stride=stride), nn.GroupNorm(1, dim)))
+            stride = 2 if official or i > 0 else 4
+            norm = ChannelLayerNorm(dim) if official else nn.GroupNorm(1, dim)
+            self.embeds.append(nn.Sequential(nn.Conv3d(prev, dim, stride, stride=stride), norm))
             block = (
                 (lambda: CBlock(dim, mlp_ratio))
                 if i < 2
-                else (lambda: SBlock(dim, head_dim, mlp_ratio, fused_attention))
+                else (lambda: SBlock(dim, head_dim, mlp_ratio, fused_attention, eps))
             )
             self.stages.append(nn.Sequential(*[block() for _ in range(depth)]))
             prev = dim
+        # the authors' batch norm on the deepest feature; nothing (and no state-dict keys) in the collection layout
+        self.norm = nn.BatchNorm3d(prev) if official else nn.Identity()
+
+    @property
+    def first_stride(self) -> int:
+        """Down-sampling of the shallowest feature relative to the input."""
+        return 2 if self.layout == "official" else 4
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []
         for embed, stage in zip(self.embeds, self.stages):
             x = stage(embed(x))
             feats.append(x)
+        feats[-1] = self.norm(feats[-1])
         return feats
 
 
@@ -113,6 +162,8 @@ class UniFormer3D(EncoderDecoder):
         skip_connections: decoder skips (downstream) or none (pre-training).
         proj_dim: optional projection head for the contrastive embedding.
         fused_attention: PyTorch's fused scaled-dot-product attention (same maths as the explicit one).
+        layout: ``"collection"`` (default) or ``"official"``, the BrainMVP authors' layout their released weights
+            need (stride-2 stem, so the decoder's last up-sampling is 2 instead of 4; see the module docstring).
 
     Example::
 
@@ -131,17 +182,18 @@ class UniFormer3D(EncoderDecoder):
         skip_connections: bool = True,
         proj_dim: int | None = None,
         fused_attention: bool = True,
+        layout: str = "collection",
     ) -> None:
-        encoder = UniFormerEncoder(in_channels, dims, depths, head_dim, fused_attention=fused_attention)
-        super().__init__(encoder, dims, out_channels, skip_connections, 4, proj_dim)
+        encoder = UniFormerEncoder(in_channels, dims, depths, head_dim, fused_attention=fused_attention, layout=layout)
+        super().__init__(encoder, dims, out_channels, skip_connections, encoder.first_stride, proj_dim)
 
 
 def uniformer_small(in_channels: int = 1, out_channels: int = 1, **kwargs) -> UniFormer3D:
-    """UniFormer-S widths and depths (64-128-320-512, 3-4-8-3)."""
+    """UniFormer-S widths and depths (64-128-320-512, 3-4-8-3); ``layout="official"`` for the authors' weights."""
     return UniFormer3D(in_channels, out_channels, (64, 128, 320, 512), (3, 4, 8, 3), **kwargs)
 
 
 def uniformer_tiny(in_channels: int = 1, out_channels: int = 1, **kwargs) -> UniFormer3D:
-    """A 1-1-1-1 block, 16-32-48-64 channel model for tests."""
+    """A 1-1-1-1 block, 16-32-48-64 channel model for tests (``layout`` as in :func:`uniformer_small`)."""
     kwargs.setdefault("head_dim", 16)
     return UniFormer3D(in_channels, out_channels, (16, 32, 48, 64), (1, 1, 1, 1), **kwargs)
