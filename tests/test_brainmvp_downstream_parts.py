@@ -54,3 +54,38 @@ def test_load_templates_by_modality_name(tmp_path):
     torch.save({"encoder.w": torch.zeros(1)}, tmp_path / "no_templates.pt")
     assert load_templates(str(tmp_path / "no_templates.pt"), ["t1"]) == (None, [])
     assert load_templates(None, ["t1"]) == (None, [])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+def test_template_trainer_amp_path_matches_fp32_where_autocast_is_off():
+    """``amp`` takes the autocast + scaler branch (bf16 on CUDA via ``amp_kwargs``); without CUDA both are off, so
+    the step must equal the fp32 one exactly."""
+    from monai.losses import DiceCELoss
+
+    from common.engines.template_trainer import TemplateConsistencyTrainer
+    from common.networks.templates import ModalityTemplates
+
+    batch = {"image": torch.rand(2, 2, 16, 16, 16), "label": (torch.rand(2, 2, 16, 16, 16) > 0.5).float()}
+    weights = []
+    for amp in (False, True):
+        torch.manual_seed(0)
+        net = build_backbone("unet3d", "tiny", in_channels=2, out_channels=2, skip_connections=True)
+        templates = ModalityTemplates(["t1", "t2"], (16, 16, 16)).requires_grad_(False)
+        trainer = TemplateConsistencyTrainer(
+            device=torch.device("cpu"),
+            max_epochs=1,
+            train_data_loader=[batch],
+            network=net,
+            optimizer=torch.optim.SGD(net.parameters(), 0.1),
+            loss_function=DiceCELoss(sigmoid=True),
+            amp=amp,
+            amp_kwargs={"dtype": torch.bfloat16},
+            templates=templates,
+            template_modalities=["t1", "t2"],
+            modalities=["t1", "t2"],
+        )
+        before = torch.cat([p.detach().flatten() for p in net.parameters()])
+        trainer.run()
+        weights.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
+        assert not torch.equal(weights[-1], before)  # a step was taken
+    assert torch.equal(weights[0], weights[1])

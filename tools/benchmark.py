@@ -6,13 +6,16 @@ too for M2-MAE). In the same run it measures the machine's fp32 matmul throughpu
 GFLOP/s" says how well a step uses the hardware. Results are printed as a Markdown table and appended to
 ``docs/BENCHMARKS.md`` with the command and the machine.
 
-Rows register themselves in ``CASES``; a new bundle adds ``CASES["name"] = builder`` returning a ``Case``.
+Rows register themselves in ``CASES``; a new bundle adds ``CASES["name"] = builder`` returning a ``Case``. A builder
+takes ``(shape, batch=None, edge=None, channels_last=False)`` and passes its networks and 5-D inputs through
+``_cl`` so that ``--channels_last True`` measures the bundles' ``channels_last`` switch.
 
 Examples::
 
     python tools/benchmark.py                       # every case at its small shape
     python tools/benchmark.py --cases m2mae --shape paper --repeats 3
     python tools/benchmark.py --scaling m2mae       # step time vs batch size and crop edge
+    python tools/benchmark.py --cases m2mae_seg --channels_last True   # 3D conv weights and inputs channels-last
 """
 
 from __future__ import annotations
@@ -44,7 +47,22 @@ class Case:
     masking: Callable[[], None] | None = None
 
 
-def _m2mae(shape: str, batch: int | None = None, edge: int | None = None) -> Case:
+def _cl(obj, channels_last: bool):
+    """A network (its 5-D weights, as the bundles' ``channels_last`` switch) or a 5-D tensor in channels-last 3D."""
+    if not channels_last:
+        return obj
+    if isinstance(obj, torch.nn.Module):
+        from common.networks.utils import to_device
+
+        return to_device(obj, None, channels_last=True)
+    return obj.contiguous(memory_format=torch.channels_last_3d) if obj.dim() == 5 else obj
+
+
+def _label(shape: str, channels_last: bool) -> str:
+    return shape + (" CL" if channels_last else "")
+
+
+def _m2mae(shape: str, batch: int | None = None, edge: int | None = None, channels_last: bool = False) -> Case:
     from monai.networks.nets import PatchDiscriminator
 
     from common.engines.trainer import SelfSupervisedTrainer  # noqa: F401  (the step below mirrors its _iteration)
@@ -56,12 +74,13 @@ def _m2mae(shape: str, batch: int | None = None, edge: int | None = None) -> Cas
     b = batch or (2 if paper else 2)
     e = edge or (96 if paper else 32)
     size = dict(hidden_size=768, mlp_dim=3072, num_heads=12) if paper else dict(hidden_size=48, mlp_dim=96, num_heads=4)
-    net = M2MAE(in_channels=4, img_size=e, patch_size=16, **size)
+    net = _cl(M2MAE(in_channels=4, img_size=e, patch_size=16, **size), channels_last)
     disc = PatchDiscriminator(
         spatial_dims=3, channels=32 if paper else 8, in_channels=4, num_layers_d=3, norm="INSTANCE"
     )
+    disc = _cl(disc, channels_last)
     opt, d_opt = torch.optim.AdamW(net.parameters(), 1e-4), torch.optim.Adam(disc.parameters(), 1e-4)
-    x = torch.randn(b, 4, e, e, e)
+    x = _cl(torch.randn(b, 4, e, e, e), channels_last)
 
     def step() -> None:
         out = net(x)
@@ -80,10 +99,10 @@ def _m2mae(shape: str, batch: int | None = None, edge: int | None = None) -> Cas
     def masking() -> None:
         apply_mask(x, hybrid_mask(b, 4, net.num_patches), net.patch_size)
 
-    return Case("m2mae", f"{b}x4x{e}^3 ViT-{'B' if paper else 'tiny'}/16", b, step, masking)
+    return Case("m2mae", _label(f"{b}x4x{e}^3 ViT-{'B' if paper else 'tiny'}/16", channels_last), b, step, masking)
 
 
-def _m2mae_seg(shape: str, batch: int | None = None, edge: int | None = None) -> Case:
+def _m2mae_seg(shape: str, batch: int | None = None, edge: int | None = None, channels_last: bool = False) -> Case:
     from monai.losses import DiceCELoss
     from monai.networks.nets import UNETR
 
@@ -95,8 +114,9 @@ def _m2mae_seg(shape: str, batch: int | None = None, edge: int | None = None) ->
         else dict(hidden_size=48, mlp_dim=96, num_heads=4, feature_size=8)
     )
     net = UNETR(in_channels=4, out_channels=3, img_size=e, norm_name="instance", res_block=True, **size)
+    net = _cl(net, channels_last)
     opt, loss_fn = torch.optim.AdamW(net.parameters(), 1e-4), DiceCELoss(sigmoid=True)
-    x, y = torch.randn(b, 4, e, e, e), (torch.rand(b, 3, e, e, e) > 0.9).float()
+    x, y = _cl(torch.randn(b, 4, e, e, e), channels_last), _cl((torch.rand(b, 3, e, e, e) > 0.9).float(), channels_last)
 
     def step() -> None:
         loss = loss_fn(net(x), y)
@@ -104,20 +124,21 @@ def _m2mae_seg(shape: str, batch: int | None = None, edge: int | None = None) ->
         loss.backward()
         opt.step()
 
-    return Case("m2mae_seg", f"{b}x4x{e}^3 UNETR", b, step)
+    return Case("m2mae_seg", _label(f"{b}x4x{e}^3 UNETR", channels_last), b, step)
 
 
 def _brainmvp(backbone: str) -> Callable[..., Case]:
-    def build(shape: str, batch: int | None = None, edge: int | None = None) -> Case:
+    def build(shape: str, batch: int | None = None, edge: int | None = None, channels_last: bool = False) -> Case:
         from common.masking.cross_modal import cross_modal_mask, cube_mask
         from common.networks.brainmvp import BrainMVP, build_backbone
 
         paper = shape == "paper"
         b, e = batch or (1 if paper else 2), edge or (96 if paper else 32)
         net = BrainMVP(build_backbone(backbone, "small" if paper else "tiny"), ["t1", "t1ce", "t2", "flair"], (e, e, e))
+        net = _cl(net, channels_last)
         opt = torch.optim.AdamW(net.parameters(), 3e-4)
         image, index, box = (
-            torch.rand(b, 2, e, e, e),
+            _cl(torch.rand(b, 2, e, e, e), channels_last),
             torch.zeros(b, 2, dtype=torch.long),
             torch.zeros(b, 3, dtype=torch.long),
         )
@@ -134,7 +155,119 @@ def _brainmvp(backbone: str) -> Callable[..., Case]:
             cross_modal_mask(image[:, :1], image[:, 1:], cube_mask((e, e, e), b))
             cross_modal_mask(image[:, :1], t, cube_mask((e, e, e), b))
 
-        return Case(f"brainmvp_{backbone}", f"{b}x1x{e}^3 {backbone}-{'S' if paper else 'tiny'}", b, step, masking)
+        label = _label(f"{b}x1x{e}^3 {backbone}-{'S' if paper else 'tiny'}", channels_last)
+        return Case(f"brainmvp_{backbone}", label, b, step, masking)
+
+    return build
+
+
+def _m2mae_cls(linear_probe: bool) -> Callable[..., Case]:
+    """m2mae_cls: ``ViTClassifier`` + cross-entropy; linear probe (the bundle's default) or full fine-tuning."""
+
+    def build(shape: str, batch: int | None = None, edge: int | None = None, channels_last: bool = False) -> Case:
+        from common.networks.vit_classifier import ViTClassifier
+
+        paper = shape == "paper"
+        b, e = batch or 2, edge or (96 if paper else 32)
+        size = (
+            dict(hidden_size=768, mlp_dim=3072, num_heads=12)
+            if paper
+            else dict(hidden_size=48, mlp_dim=96, num_heads=4)
+        )
+        net = ViTClassifier(4, e, 16, num_classes=2, freeze_encoder=linear_probe, **size).train()
+        net = _cl(net, channels_last)
+        # as train.json: AdamW (no weight decay) on the trainable tensors only (probe: LayerNorm + head), lr 1e-3 / 1e-4
+        params = [p for p in net.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, 1e-3 if linear_probe else 1e-4, weight_decay=0.0)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        x, y = _cl(torch.randn(b, 4, e, e, e), channels_last), torch.randint(0, 2, (b,))
+
+        def step() -> None:
+            loss = loss_fn(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        mode = "probe" if linear_probe else "fine-tune"
+        name = "m2mae_cls" if linear_probe else "m2mae_cls_finetune"
+        return Case(name, _label(f"{b}x4x{e}^3 ViT-{'B' if paper else 'tiny'}/16 {mode}", channels_last), b, step)
+
+    return build
+
+
+def _template_step(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable,
+    opt: torch.optim.Optimizer,
+    templates: torch.nn.Module,
+    lambda_cons: float = 0.1,
+) -> tuple[Callable[[], None], Callable[[], tuple]]:
+    """``step`` and ``masking`` of ``TemplateConsistencyTrainer._iteration``: two template-replaced copies of the
+    batch (all channels' templates available, crops at box 0 of a crop-sized canvas), the supervised loss of both
+    and the consistency of their deepest encoder features."""
+    from common.engines.template_trainer import consistency_loss
+    from common.masking.template_replace import template_copies
+
+    b, c, *roi = x.shape
+    available = torch.ones(c, dtype=torch.bool)
+    box = torch.zeros(b, 3, dtype=torch.long)
+
+    def masking() -> tuple:
+        with torch.no_grad():
+            rows = [templates.crop(torch.full((b,), ch, dtype=torch.long), box, roi) for ch in range(c)]
+            return template_copies(x, torch.cat(rows, dim=1), available)
+
+    def step() -> None:
+        x1, x2 = masking()
+        feats1, feats2 = net.encode(x1), net.encode(x2)
+        pred1, pred2 = net.decode(feats1), net.decode(feats2)
+        loss = loss_fn(pred1, y).mean() + loss_fn(pred2, y).mean()
+        loss = loss + lambda_cons * consistency_loss(feats1[-1], feats2[-1])  # Eq. 8
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step, masking
+
+
+def _brainmvp_downstream(task: str) -> Callable[..., Case]:
+    """brainmvp_seg (encoder-decoder with skips, DiceCE) or brainmvp_cls (``EncoderClassifier``, cross-entropy),
+    both with template augmentation and the consistency loss, UniFormer backbone (the bundles' default)."""
+
+    def build(shape: str, batch: int | None = None, edge: int | None = None, channels_last: bool = False) -> Case:
+        from monai.losses import DiceCELoss
+
+        from common.networks.brainmvp import EncoderClassifier, build_backbone
+        from common.networks.templates import ModalityTemplates
+
+        paper = shape == "paper"
+        b = batch or (1 if paper else 2)
+        if edge:
+            roi = (edge, edge, edge)
+        else:  # the bundles' crops: 96^3 for segmentation, 96 x 96 x 64 after the B.3 resize for classification
+            roi = ((96, 96, 96) if task == "seg" else (96, 96, 64)) if paper else (32, 32, 32)
+        size = "small" if paper else "tiny"
+        modalities = ["t1", "t1ce", "t2", "flair"]
+        if task == "seg":
+            net = build_backbone("uniformer", size, in_channels=4, out_channels=3, skip_connections=True)
+            loss_fn = DiceCELoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True)
+            y = (torch.rand(b, 3, *roi) > 0.9).float()
+        else:
+            backbone = build_backbone("uniformer", size, in_channels=4, out_channels=1, skip_connections=True)
+            net = EncoderClassifier(backbone, 2)
+            loss_fn, y = torch.nn.CrossEntropyLoss(), torch.randint(0, 2, (b,))
+        net = _cl(net.train(), channels_last)
+        opt = torch.optim.AdamW(net.parameters(), 3e-4, weight_decay=1e-4)
+        templates = ModalityTemplates(modalities, roi).requires_grad_(False)  # frozen, from pre-training
+        with torch.no_grad():
+            templates.templates.uniform_()
+        x = _cl(torch.rand(b, 4, *roi), channels_last)
+        step, masking = _template_step(net, x, _cl(y, channels_last), loss_fn, opt, templates)
+        shape_txt = "x".join(str(r) for r in roi) if len(set(roi)) > 1 else f"{roi[0]}^3"
+        label = _label(f"{b}x4x{shape_txt} uniformer-{'S' if paper else 'tiny'}", channels_last)
+        return Case(f"brainmvp_{task}", label, b, step, masking)
 
     return build
 
@@ -144,6 +277,10 @@ CASES: dict[str, Callable[..., Case]] = {
     "m2mae_seg": _m2mae_seg,
     "brainmvp_uniformer": _brainmvp("uniformer"),
     "brainmvp_unet3d": _brainmvp("unet3d"),
+    "m2mae_cls": _m2mae_cls(linear_probe=True),
+    "m2mae_cls_finetune": _m2mae_cls(linear_probe=False),
+    "brainmvp_seg": _brainmvp_downstream("seg"),
+    "brainmvp_cls": _brainmvp_downstream("cls"),
 }
 
 
@@ -210,6 +347,7 @@ def run(
     write: bool = True,
     scaling: str | None = None,
     batch: int | None = None,
+    channels_last: bool = False,
 ) -> str:
     """Benchmark ``cases`` (default: all) at ``shape`` (``small`` or ``paper``) and report.
 
@@ -221,6 +359,8 @@ def run(
         write: append the report to ``docs/BENCHMARKS.md``.
         scaling: a case name: time it at batch 1, 2, 4 and crop edge 64, 96, 128 and fit the exponents.
         batch: batch size instead of each case's default.
+        channels_last: networks (5-D weights) and 5-D inputs in ``torch.channels_last_3d``, as the bundles'
+            ``channels_last`` switch (rows marked ``CL``).
     """
     if threads:
         torch.set_num_threads(threads)
@@ -233,15 +373,15 @@ def run(
 
         base = None
         for b in (1, 2, 4):
-            rows.append(measure(CASES[scaling]("paper", batch=b, edge=64), repeats, peak))
+            rows.append(measure(CASES[scaling]("paper", batch=b, edge=64, channels_last=channels_last), repeats, peak))
         for e in (64, 96, 128):
-            rows.append(measure(CASES[scaling]("paper", batch=1, edge=e), repeats, peak))
+            rows.append(measure(CASES[scaling]("paper", batch=1, edge=e, channels_last=channels_last), repeats, peak))
         bt = [r["step_s"] for r in rows[:3]]
         et = [r["step_s"] for r in rows[3:]]
         base = (math.log(bt[2] / bt[0]) / math.log(4), math.log(et[2] / et[0]) / math.log(2))
         note = f"\nstep time ~ batch^{base[0]:.2f}, ~ edge^{base[1]:.2f} (voxels ~ edge^3)\n"
     else:
-        rows = [measure(CASES[n](shape, batch=batch), repeats, peak) for n in names]
+        rows = [measure(CASES[n](shape, batch=batch, channels_last=channels_last), repeats, peak) for n in names]
         note = ""
     report = _table(rows, peak) + note
     print(report)

@@ -8,6 +8,7 @@ arguments, post-processing, metrics and handlers. Without templates it trains ex
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -94,13 +95,16 @@ class TemplateConsistencyTrainer(SupervisedTrainer):
         with torch.no_grad():
             x1, x2 = template_copies(x, self._template_batch(x, batchdata), self.available, self.cube, self.mask_ratio)
         engine.state.output = {Keys.IMAGE: x, Keys.LABEL: y}
-        feats1, feats2 = net.encode(x1), net.encode(x2)
-        pred1, pred2 = net.decode(feats1), net.decode(feats2)
-        engine.state.output[Keys.PRED] = pred1
-        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        supervised = engine.loss_function(pred1, y).mean() + engine.loss_function(pred2, y).mean()
-        cons = consistency_loss(feats1[-1], feats2[-1])
-        loss = supervised + self.lambda_cons * cons  # L_FT  # Eq. 8
+        # as SupervisedTrainer: with amp, CUDA autocast with amp_kwargs (the bundles pass bfloat16) and its scaler
+        use_amp = engine.amp and engine.scaler is not None
+        with torch.autocast("cuda", **engine.amp_kwargs) if use_amp else contextlib.nullcontext():
+            feats1, feats2 = net.encode(x1), net.encode(x2)
+            pred1, pred2 = net.decode(feats1), net.decode(feats2)
+            engine.state.output[Keys.PRED] = pred1
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            supervised = engine.loss_function(pred1, y).mean() + engine.loss_function(pred2, y).mean()
+            cons = consistency_loss(feats1[-1], feats2[-1])
+            loss = supervised + self.lambda_cons * cons  # L_FT  # Eq. 8
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite loss at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
@@ -109,9 +113,15 @@ class TemplateConsistencyTrainer(SupervisedTrainer):
         engine.state.output[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         engine.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        engine.optimizer.step()
+        if use_amp:
+            engine.scaler.scale(loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            loss.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
         engine.state.output.update({Keys.PRED: pred1.detach(), Keys.LOSS: loss.detach(), "loss_cons": cons.item()})
         engine.fire_event(IterationEvents.MODEL_COMPLETED)  # MONAI decollates and post-processes here
         return engine.state.output
