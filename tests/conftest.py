@@ -29,14 +29,33 @@ def demo_dataset(tmp_path_factory) -> Path:
     return Path(build_demo_brats(str(out), num_cases=4, spacing=3.0, seed=0))
 
 
-def run_bundle(
-    config_files: list[str] | str, *overrides: str, cwd: Path = REPO, timeout: int = 600, torchrun: int = 0
-) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run`` exactly as a user types it, in a subprocess; fails the test with its output."""
+def bundle_command(config_files: list[str] | str, *overrides: str, torchrun: int = 0) -> list[str]:
+    """The argv of ``python -m monai.bundle run --config_file ...`` (under ``torchrun`` with N processes)."""
     files = config_files if isinstance(config_files, str) else "[" + ",".join(f"'{f}'" for f in config_files) + "]"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *overrides]
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}", *cmd[1:]]
+    return cmd
+
+
+@pytest.fixture(scope="session")
+def tiny_m2mae_ckpt(tmp_path_factory) -> Path:
+    """A tiny m2mae pre-training checkpoint (4 modalities, 32^3, TINY_VIT sizes; random weights, seeded)."""
+    import torch
+
+    from common.networks.m2mae import m2mae_vit_tiny
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("m2mae_pretrained") / "model.pt"
+    torch.save(m2mae_vit_tiny(in_channels=4, img_size=32).state_dict(), path)
+    return path
+
+
+def run_bundle(
+    config_files: list[str] | str, *overrides: str, cwd: Path = REPO, timeout: int = 600, torchrun: int = 0
+) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` exactly as a user types it, in a subprocess; fails the test with its output."""
+    cmd = bundle_command(config_files, *overrides, torchrun=torchrun)
     env = {**os.environ, "OMP_NUM_THREADS": "1" if torchrun else os.environ.get("OMP_NUM_THREADS", "2")}
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:

@@ -7,11 +7,10 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY_VIT, run_bundle
+from conftest import REPO, TINY_VIT, bundle_command, run_bundle
 
 TRAIN = "bundles/m2mae/configs/train.json"
 LINE = re.compile(r"Epoch: (\d+)/\d+, Iter: (\d+)/\d+ -- loss: ([-\d.e+]+)")
@@ -46,15 +45,10 @@ def test_sigkill_mid_epoch_then_same_command_continues_the_same_curve(tmp_path, 
     reference = losses((lambda p: p.stdout + p.stderr)(run_bundle(TRAIN, *args(tmp_path / "ref", demo_dataset, 4))))
     assert len(reference) == 4 * 3
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
+    cmd = bundle_command(
         TRAIN,
         *args(tmp_path / "run", demo_dataset, 4),
-    ]
+    )
     proc = subprocess.Popen(
         cmd,
         cwd=REPO,
@@ -88,19 +82,14 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     run_bundle(TRAIN, *args(tmp_path / "run", demo_dataset, 1))
     good = (tmp_path / "run" / "models" / "checkpoints" / "checkpoint_epoch=1.pt").read_bytes()
     # a learning rate of 1e30 makes the next steps explode
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
+    cmd = bundle_command(
         TRAIN,
         *args(tmp_path / "run", demo_dataset, 5),
         "--learning_rate",
         "1e30",
         "--warmup_epochs",
         "0",
-    ]
+    )
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert (

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY_VIT, run_bundle
+from conftest import REPO, TINY_VIT, bundle_command, run_bundle
 from monai.bundle import ConfigParser
 
-from common.networks.m2mae import m2mae_vit_tiny
 from common.networks.vit_classifier import ViTClassifier
 
 CONFIGS = REPO / "bundles" / "m2mae_cls" / "configs"
@@ -46,15 +45,6 @@ def _macro_f1(pred: list[int], true: list[int], num_classes: int) -> float:
 
 
 # ---- fixtures ----
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory) -> Path:
-    """A tiny m2mae checkpoint (random weights: what matters is that they are not the classifier's own init)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("m2mae") / "model.pt"
-    torch.save(m2mae_vit_tiny(in_channels=4, img_size=32).state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -175,11 +165,11 @@ def test_validation_metrics_match_a_hand_computation():
 
 
 @pytest.mark.slow
-def test_linear_probe_keeps_the_encoder_then_evaluate_and_infer(tmp_path, data_args, cls_datalist, pretrained):
-    proc = _train(tmp_path, data_args, pretrained, probe=True)
+def test_linear_probe_keeps_the_encoder_then_evaluate_and_infer(tmp_path, data_args, cls_datalist, tiny_m2mae_ckpt):
+    proc = _train(tmp_path, data_args, tiny_m2mae_ckpt, probe=True)
     assert "loaded 161 of 161 pre-trained encoder tensors ('vit.*')" in proc.stdout + proc.stderr
     checkpoint = tmp_path / "models" / "checkpoints" / "probe" / "checkpoint_epoch=1.pt"
-    assert _encoder_unchanged(pretrained, checkpoint)
+    assert _encoder_unchanged(tiny_m2mae_ckpt, checkpoint)
     assert _optimised(checkpoint) == 4  # the layer norm and the linear head
     assert (tmp_path / "models" / "model.pt").is_file()
 
@@ -214,16 +204,16 @@ def test_linear_probe_keeps_the_encoder_then_evaluate_and_infer(tmp_path, data_a
 
 
 @pytest.mark.slow
-def test_fine_tuning_updates_the_encoder(tmp_path, data_args, pretrained):
-    _train(tmp_path, data_args, pretrained, probe=False)
+def test_fine_tuning_updates_the_encoder(tmp_path, data_args, tiny_m2mae_ckpt):
+    _train(tmp_path, data_args, tiny_m2mae_ckpt, probe=False)
     checkpoint = tmp_path / "models" / "checkpoints" / "finetune" / "checkpoint_epoch=1.pt"
-    assert not _encoder_unchanged(pretrained, checkpoint)
+    assert not _encoder_unchanged(tiny_m2mae_ckpt, checkpoint)
     every_parameter = list(ViTClassifier(4, 32, 16, hidden_size=48, mlp_dim=96, num_heads=4).parameters())
     assert _optimised(checkpoint) == len(every_parameter)
 
 
 @pytest.mark.slow
-def test_multi_gpu_fine_tuning_runs_ddp_on_two_cpu_processes(tmp_path, data_args, pretrained):
+def test_multi_gpu_fine_tuning_runs_ddp_on_two_cpu_processes(tmp_path, data_args, tiny_m2mae_ckpt):
     """Fine-tuning under DDP: MONAI's ViT blocks hold an unused cross-attention norm, so DDP must allow unused
     parameters; checkpoints are saved unwrapped (no ``module.``)."""
     run_bundle(
@@ -237,7 +227,7 @@ def test_multi_gpu_fine_tuning_runs_ddp_on_two_cpu_processes(tmp_path, data_args
         "--linear_probe",
         "False",
         "--pretrained_ckpt",
-        str(pretrained),
+        str(tiny_m2mae_ckpt),
         "--ckpt_dir",
         str(tmp_path / "models"),
         "--output_dir",
@@ -247,17 +237,12 @@ def test_multi_gpu_fine_tuning_runs_ddp_on_two_cpu_processes(tmp_path, data_args
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert "head.weight" in state and not any(k.startswith("module.") for k in state)
     assert not _encoder_unchanged(
-        pretrained, tmp_path / "models" / "checkpoints" / "finetune" / "checkpoint_epoch=1.pt"
+        tiny_m2mae_ckpt, tmp_path / "models" / "checkpoints" / "finetune" / "checkpoint_epoch=1.pt"
     )
 
 
 def _fails(tmp_path: Path, *overrides: str) -> str:
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
+    cmd = bundle_command(
         TRAIN,
         *TINY,
         "--epochs",
@@ -267,7 +252,7 @@ def _fails(tmp_path: Path, *overrides: str) -> str:
         "--output_dir",
         str(tmp_path / "logs"),
         *overrides,
-    ]
+    )
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and not (tmp_path / "models" / "model.pt").exists()
     return proc.stderr
@@ -282,7 +267,7 @@ def test_wrong_encoder_keys_fail_naming_them(tmp_path, data_args):
 
 
 @pytest.mark.slow
-def test_a_segmentation_path_as_label_is_refused_with_the_fix(tmp_path, demo_dataset, pretrained):
+def test_a_segmentation_path_as_label_is_refused_with_the_fix(tmp_path, demo_dataset, tiny_m2mae_ckpt):
     """The demo folder's own datalist: its ``label`` is a segmentation file, its class is ``class_label``."""
-    err = _fails(tmp_path, "--dataset_dir", str(demo_dataset.parent), "--pretrained_ckpt", str(pretrained))
+    err = _fails(tmp_path, "--dataset_dir", str(demo_dataset.parent), "--pretrained_ckpt", str(tiny_m2mae_ckpt))
     assert "DemoBraTS_000: 'label' is '" in err and "--label_key class_label" in err

@@ -5,16 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_VIT, run_bundle
-
-from common.networks.m2mae import m2mae_vit_tiny
+from conftest import REPO, TINY_VIT, bundle_command, run_bundle
 
 TRAIN = "bundles/m2mae_seg/configs/train.json"
 EVALUATE = "bundles/m2mae_seg/configs/evaluate.json"
@@ -31,15 +28,7 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def tiny_pretrained(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("pretrained") / "m2mae.pt"
-    torch.save(m2mae_vit_tiny(in_channels=4, img_size=32).state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, demo_dataset, tiny_pretrained) -> Path:
+def trained(tmp_path_factory, demo_dataset, tiny_m2mae_ckpt) -> Path:
     out = tmp_path_factory.mktemp("m2mae_seg")
     proc = run_bundle(
         TRAIN,
@@ -53,7 +42,7 @@ def trained(tmp_path_factory, demo_dataset, tiny_pretrained) -> Path:
         "--output_dir",
         str(out / "logs"),
         "--pretrained_ckpt",
-        str(tiny_pretrained),
+        str(tiny_m2mae_ckpt),
     )
     (out / "train.log").write_text(proc.stdout + proc.stderr)
     return out
@@ -72,12 +61,7 @@ def test_train_loads_the_pretrained_encoder_and_saves_the_best_model(trained):
 def test_mismatched_pretrained_checkpoint_fails_naming_the_keys(tmp_path, demo_dataset):
     bad = tmp_path / "bad.pt"
     torch.save({"encoder.weight": torch.zeros(1)}, bad)
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
+    cmd = bundle_command(
         TRAIN,
         *TINY,
         "--dataset_dir",
@@ -88,7 +72,7 @@ def test_mismatched_pretrained_checkpoint_fails_naming_the_keys(tmp_path, demo_d
         str(tmp_path / "m"),
         "--pretrained_ckpt",
         str(bad),
-    ]
+    )
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "does not match the encoder" in proc.stderr and "vit.patch_embedding.patch_embeddings.weight" in proc.stderr

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, bundle_command
 
 from common.data.validate import DataValidationError, check_or_raise, validate_datalist, validate_entries
 
@@ -230,18 +230,13 @@ def test_trainer_refuses_bad_data_before_the_first_step(tmp_path):
     entry = {**entry, "t1ce": entry["t1"], "flair": entry["t2"]}
     (tmp_path / "datalist.json").write_text(json.dumps({"training": [entry]}))
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
+        bundle_command(
             "bundles/m2mae/configs/train.json",
             "--datalist",
             str(tmp_path / "datalist.json"),
             "--ckpt_dir",
             str(tmp_path / "m"),
-        ],
+        ),
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -21,6 +21,7 @@ Examples::
 from __future__ import annotations
 
 import datetime
+import math
 import platform
 import resource
 import sys
@@ -339,6 +340,13 @@ def _table(rows: list[dict], peak: float) -> str:
     return head + body + f"\nfp32 matmul throughput in the same run: {peak:.1f} GFLOP/s\n"
 
 
+def _slope(x: list[float], y: list[float]) -> float:
+    """Exponent ``k`` of ``y ~ x^k``: the least-squares slope of ``log y`` against ``log x``."""
+    lx, ly = [math.log(v) for v in x], [math.log(v) for v in y]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
 def run(
     cases: str | list[str] | None = None,
     shape: str = "small",
@@ -348,6 +356,7 @@ def run(
     scaling: str | None = None,
     batch: int | None = None,
     channels_last: bool = False,
+    output: str | None = None,
 ) -> str:
     """Benchmark ``cases`` (default: all) at ``shape`` (``small`` or ``paper``) and report.
 
@@ -361,6 +370,7 @@ def run(
         batch: batch size instead of each case's default.
         channels_last: networks (5-D weights) and 5-D inputs in ``torch.channels_last_3d``, as the bundles'
             ``channels_last`` switch (rows marked ``CL``).
+        output: append the report to this file instead of ``docs/BENCHMARKS.md`` (CI keeps the docs clean).
     """
     if threads:
         torch.set_num_threads(threads)
@@ -369,17 +379,16 @@ def run(
     names = [scaling] if scaling else ([cases] if isinstance(cases, str) else list(cases or CASES))
     rows = []
     if scaling:
-        import math
-
-        base = None
         for b in (1, 2, 4):
             rows.append(measure(CASES[scaling]("paper", batch=b, edge=64, channels_last=channels_last), repeats, peak))
         for e in (64, 96, 128):
             rows.append(measure(CASES[scaling]("paper", batch=1, edge=e, channels_last=channels_last), repeats, peak))
-        bt = [r["step_s"] for r in rows[:3]]
-        et = [r["step_s"] for r in rows[3:]]
-        base = (math.log(bt[2] / bt[0]) / math.log(4), math.log(et[2] / et[0]) / math.log(2))
-        note = f"\nstep time ~ batch^{base[0]:.2f}, ~ edge^{base[1]:.2f} (voxels ~ edge^3)\n"
+        batch_exp = _slope([1, 2, 4], [r["step_s"] for r in rows[:3]])
+        edge_exp = _slope([64, 96, 128], [r["step_s"] for r in rows[3:]])
+        note = (
+            f"\nstep time ~ batch^{batch_exp:.2f} and ~ edge^{edge_exp:.2f} (least-squares fit in log-log; "
+            f"voxels ~ edge^3, so ~ voxels^{edge_exp / 3:.2f})\n"
+        )
     else:
         rows = [measure(CASES[n](shape, batch=batch, channels_last=channels_last), repeats, peak) for n in names]
         note = ""
@@ -389,7 +398,7 @@ def run(
         cmd = "python tools/benchmark.py " + " ".join(sys.argv[1:])
         machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
         stamp = datetime.date.today().isoformat()
-        docs = REPO / "docs" / "BENCHMARKS.md"
+        docs = Path(output) if output else REPO / "docs" / "BENCHMARKS.md"
         docs.parent.mkdir(exist_ok=True)
         if not docs.exists():
             docs.write_text(
