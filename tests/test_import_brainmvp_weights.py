@@ -5,6 +5,7 @@ import sys
 import pytest
 import torch
 from conftest import REPO
+from test_unet3d_official import ENCODER, reference
 from test_uniformer_official import TINY, OfficialUniFormer, randomised
 
 from common.engines.checkpoint import load_encoder
@@ -13,19 +14,18 @@ from common.networks.brainmvp import build_backbone, load_templates
 sys.path.insert(0, str(REPO / "tools"))
 import import_brainmvp_weights as tool  # noqa: E402
 
+DEFAULT_PREFIXES = {"uniformer": "uniformer.", "unet3d": ""}  # where their released files keep the encoder
+
 
 def official(backbone: str, canvas=(24, 24, 16), prefix: str | None = None) -> dict:
-    """A file shaped like theirs: DDP 'module.' keys, rep_template [8, *canvas], and the encoder: for UniFormer the
-    authors' own names (a reference re-implementation of their UniFormer, tiny widths) under ``uniformer.``; for
-    UNet3D this collection's UNet3D names under ``encoder.`` (the only UNet layout the tool maps)."""
+    """A file shaped like theirs: DDP 'module.' keys, rep_template [8, *canvas], and the encoder with the authors'
+    own names (reference re-implementations of their networks, tiny widths): their UniFormer under
+    ``uniformer.``, their UNet's encoder modules at the top level."""
     if backbone == "uniformer":
         encoder = randomised(OfficialUniFormer(**TINY)).state_dict()
     else:
-        encoder = {
-            k: v + 1.0 if v.is_floating_point() else v
-            for k, v in build_backbone(backbone, "tiny").encoder.state_dict().items()
-        }
-    prefix = tool.ENCODER_PREFIXES[backbone] if prefix is None else prefix
+        encoder = {k: v for k, v in reference().state_dict().items() if k.split(".")[0] in ENCODER}
+    prefix = DEFAULT_PREFIXES[backbone] if prefix is None else prefix
     state = {f"module.{prefix}{k}": v.clone() for k, v in encoder.items()}
     state["module.rep_template"] = torch.arange(8.0).view(8, 1, 1, 1).expand(8, *canvas).clone()
     return {"epoch": 1500, "state_dict": state}
@@ -46,12 +46,12 @@ def test_official_layout_imports_and_feeds_the_downstream_loaders(tmp_path, back
     tool.main(str(tmp_path / "official.pt"), str(tmp_path / "ours.pt"), backbone=backbone, size="tiny")
     printed = capsys.readouterr().out
     ours = torch.load(tmp_path / "ours.pt", weights_only=True)
-    layout = "official" if backbone == "uniformer" else "collection"
-    assert ours[tool.LAYOUT_KEY] == layout and f"--backbone_layout {layout}" in printed
-    prefix = tool.ENCODER_PREFIXES[backbone]
+    layout = "official"
+    assert ours[tool.LAYOUT_KEY] == layout and f"--backbone {backbone} --backbone_layout {layout}" in printed
+    prefix = DEFAULT_PREFIXES[backbone]
     n = 0
     for key, value in src["state_dict"].items():
-        if key.startswith(f"module.{prefix}"):
+        if key.startswith(f"module.{prefix}") and key != "module.rep_template":
             name, expected = ours_for(backbone, key, value, prefix)
             assert torch.equal(ours[name], expected), key
             n += 1
@@ -62,10 +62,10 @@ def test_official_layout_imports_and_feeds_the_downstream_loaders(tmp_path, back
     assert [templates.templates[i].unique().item() for i in range(4)] == [1.0, 2.0, 3.0, 0.0]
     down = build_backbone(backbone, "tiny", in_channels=4, out_channels=3, skip_connections=True, layout=layout)
     assert load_encoder(down, str(tmp_path / "ours.pt"), prefix="encoder.", source_prefix="backbone.encoder.") > 0
-    if backbone == "uniformer":  # a downstream network left in the collection layout refuses the weights
-        wrong = build_backbone(backbone, "tiny", in_channels=4, out_channels=3, skip_connections=True)
-        with pytest.raises(KeyError, match="does not match the encoder"):
-            load_encoder(wrong, str(tmp_path / "ours.pt"), prefix="encoder.", source_prefix="backbone.encoder.")
+    # a downstream network left in the collection layout refuses the weights
+    wrong = build_backbone(backbone, "tiny", in_channels=4, out_channels=3, skip_connections=True)
+    with pytest.raises(KeyError, match="does not match the encoder"):
+        load_encoder(wrong, str(tmp_path / "ours.pt"), prefix="encoder.", source_prefix="backbone.encoder.")
 
 
 def test_pretraining_model_nesting_is_accepted_and_its_decoder_skipped():
@@ -106,10 +106,14 @@ def test_collection_names_and_missing_or_misshapen_tensors_are_refused():
     assert "backbone.encoder.norm.running_var" in str(err.value) and "patch_embed1.proj.weight (shape" in str(err.value)
 
 
-def test_official_unet_names_are_refused():
+def test_unet_import_refuses_collection_and_renamed_names():
+    """The unet3d import maps the authors' UNet only: this collection's UNet3D names and renamed ones are listed."""
+    ours = build_backbone("unet3d", "tiny").encoder.state_dict()
+    with pytest.raises(tool.UnmatchedKeysError, match="UNet, their RecModel, onto the official-layout"):
+        tool.convert({"state_dict": {f"module.encoder.{k}": v for k, v in ours.items()}}, "unet3d", "tiny")
     src = official("unet3d")
     src["state_dict"] = {k.replace(".conv", ".conv_official"): v for k, v in src["state_dict"].items()}
-    with pytest.raises(tool.UnmatchedKeysError, match="authors' UNet3D is not supported"):
+    with pytest.raises(tool.UnmatchedKeysError, match=r"conv_official1a\.weight"):
         tool.convert(src, "unet3d", "tiny")
 
 

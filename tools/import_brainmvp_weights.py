@@ -2,8 +2,9 @@
 
 Their files are ``torch.save`` dicts whose ``state_dict`` keys carry DDP's ``module.`` prefix, with the encoder
 under ``uniformer.`` (UniFormer checkpoints; their pre-training script's ``RecModel`` nests it as
-``encoder.uniformer.``, also accepted) or ``encoder.`` (UNet checkpoints) and the templates in ``rep_template``
-``[8, 240, 240, 155]`` in the order flair, t1, t1c, t2, mra, pd, dwi, adc. This tool maps them onto
+``encoder.uniformer.``, also accepted) or at the top level (UNet checkpoints: their UNet ``RecModel`` holds its
+modules directly; ``encoder.`` is also accepted) and the templates in ``rep_template`` ``[8, 240, 240, 155]`` in
+the order flair, t1, t1c, t2, mra, pd, dwi, adc. This tool maps them onto
 ``common.networks.brainmvp.BrainMVP`` (``backbone.encoder.*``, ``templates.templates``), loads nothing unless
 every mapped tensor matches by name and shape (anything else is refused with a listing), reports what it loaded,
 and writes a checkpoint the downstream bundles read (``--pretrained_ckpt``). The file is read with
@@ -25,14 +26,21 @@ mapped onto the ``layout="official"`` variant of ``common.networks.uniformer`` a
 
 Only the encoder and the templates are imported; the authors' pre-training decoder (``decoder.decoder2..5``,
 ``decoder.proj1``, ``decoder.out_1``: a different architecture no downstream bundle loads) is skipped and
-reported. The written file holds ``backbone_layout`` (``"official"`` for UniFormer) next to the weights: run the
-downstream bundles with ``--backbone_layout official`` (networks from ``build_backbone(..., layout="official")``).
+reported. The written file holds ``backbone_layout`` (``"official"``) next to the weights: run the downstream
+bundles with ``--backbone_layout official`` (networks from ``build_backbone(..., layout="official")``).
 
-UNet3D: keys under ``encoder.`` are mapped by name onto this collection's ``UNet3D`` unchanged; the authors' own
-UNet3D is another architecture (``build_backbone`` has no ``official`` UNet3D layout), so a real official UNet
-file is refused with the list of its unmatched keys.
+UNet3D: the authors' pre-training UNet (their ``RecModel``, c = 32 channels) is another architecture than this
+collection's default UNet3D, so its weights are mapped onto the ``layout="official"`` variant of
+``common.networks.unet3d`` (``UNet3DOfficialEncoder``), which has their module names: ``conv1a``, ``conv1b``,
+``ds1``, ``conv2a``, ``conv2b``, ``ds2``, ``conv3a``, ``conv3b``, ``ds3``, ``conv4a..d`` (blocks: ``gn1``,
+``conv1``, ``gn2``, ``conv2``) -> ``backbone.encoder.<same name>``, tensors unchanged (their UNet does not permute
+its input). Their pre-training decoder (``up4conva``, ``up4convb``, ``up3conva``, ``up3convb``, ``up2conva``,
+``up2convb``, ``up1conv``, and ``ds_out`` when deeply supervised; at the top level or under ``decoder.``) is
+skipped and reported; any other key is refused. Run the downstream bundles with ``--backbone unet3d
+--backbone_layout official``.
 
     python tools/import_brainmvp_weights.py --src BrainMVP_uniformer.pt --out bundles/brainmvp/models/model.pt
+    python tools/import_brainmvp_weights.py --src BrainMVP_unet.pt --out model.pt --backbone unet3d
 """
 
 from __future__ import annotations
@@ -52,14 +60,18 @@ from common.networks.brainmvp import BrainMVP, build_backbone  # noqa: E402
 OFFICIAL_MODALITIES = ["flair", "t1", "t1c", "t2", "mra", "pd", "dwi", "adc"]
 # our modality names for theirs (the demo set and BraTS-2021 naming say t1ce)
 RENAME = {"t1c": "t1ce"}
-ENCODER_PREFIXES = {"uniformer": "uniformer.", "unet3d": "encoder."}
-# where the authors' files keep a UniFormer encoder: released weights, and their pre-training RecModel's nesting
-UNIFORMER_PREFIXES = ("uniformer.", "encoder.uniformer.")
+# where the authors' files keep the encoder (after 'module.'): their UniFormer (released weights, and their
+# pre-training RecModel's nesting) and their UNet (its RecModel's top level; 'encoder.' also accepted), first match
+ENCODER_PREFIXES = {"uniformer": ("uniformer.", "encoder.uniformer."), "unet3d": ("encoder.", "")}
 # the backbone layout each imported backbone needs downstream (written next to the weights)
-LAYOUTS = {"uniformer": "official", "unet3d": "collection"}
+LAYOUTS = {"uniformer": "official", "unet3d": "official"}
 LAYOUT_KEY = "backbone_layout"
-# the authors' pre-training decoder (UniSegDecoder): not ours, never loaded downstream, skipped
-OFFICIAL_DECODER = re.compile(r"decoder\.(decoder[2-5]|proj1|out_1)\.")
+# the authors' pre-training decoders: not ours, never loaded downstream, skipped. UniFormer: UniSegDecoder; UNet:
+# RecModel's up-sampling path (top level, or under 'decoder.'), with the deep-supervision heads when it has them
+OFFICIAL_DECODERS = {
+    "uniformer": re.compile(r"decoder\.(decoder[2-5]|proj1|out_1)\."),
+    "unet3d": re.compile(r"(decoder\.)?(up[2-4]conv[ab]|up1conv|ds_out\.\d+)\."),
+}
 
 _PARAM = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
 _EMBED = re.compile(rf"patch_embed([1-4])\.(proj|norm)\.{_PARAM}")
@@ -87,6 +99,10 @@ _GLOBAL = {
 }
 
 
+# the authors' UNet encoder modules (UNet3DOfficialEncoder has the same names)
+_UNET = re.compile(rf"(conv1a|ds[1-3]|conv1b|conv2[ab]|conv3[ab]|conv4[a-d])\.(.+\.)?{_PARAM}")
+
+
 class UnmatchedKeysError(KeyError):
     """The source does not map onto the network: nothing was imported."""
 
@@ -110,17 +126,24 @@ def official_uniformer_tensor(value: torch.Tensor) -> torch.Tensor:
     return value.permute(0, 1, 3, 4, 2).contiguous() if value.ndim == 5 else value
 
 
+def official_unet_name(key: str) -> str | None:
+    """Our ``UNet3DOfficialEncoder`` name for one of the authors' UNet encoder keys (no prefix): the same name, or
+    ``None`` when it is not under one of their encoder modules."""
+    return key if _UNET.fullmatch(key) else None
+
+
 def _map_encoder(state: dict, backbone: str) -> tuple[dict, list[str], list[str]]:
     """``(ours-name -> tensor, unmatched keys, skipped keys)`` for the encoder part of a source state dict."""
     mapped, unmatched, skipped = {}, [], []
+    prefixes, decoder = ENCODER_PREFIXES[backbone], OFFICIAL_DECODERS[backbone]
     for key, value in state.items():
+        if decoder.match(key):
+            skipped.append(key)
+            continue
         if backbone == "uniformer":
-            prefix = next((p for p in UNIFORMER_PREFIXES if key.startswith(p)), None)
+            prefix = next((p for p in prefixes if key.startswith(p)), None)
             if prefix is None:
-                if OFFICIAL_DECODER.match(key):
-                    skipped.append(key)
-                else:
-                    unmatched.append(f"{key} (not under {' or '.join(repr(p) for p in UNIFORMER_PREFIXES)})")
+                unmatched.append(f"{key} (not under {' or '.join(repr(p) for p in prefixes)})")
                 continue
             name = official_uniformer_name(key[len(prefix) :])
             if name is None:
@@ -128,11 +151,11 @@ def _map_encoder(state: dict, backbone: str) -> tuple[dict, list[str], list[str]
                 continue
             value = official_uniformer_tensor(value)
         else:
-            prefix = ENCODER_PREFIXES[backbone]
-            if not key.startswith(prefix):
-                unmatched.append(f"{key} (not under '{prefix}')")
+            prefix = next(p for p in prefixes if key.startswith(p))  # '' always matches
+            name = official_unet_name(key[len(prefix) :])
+            if name is None:
+                unmatched.append(f"{key} (neither a module of the authors' UNet encoder nor of its decoder)")
                 continue
-            name = key[len(prefix) :]
         ours = "backbone.encoder." + name
         if ours in mapped:
             unmatched.append(f"{key} (a second source for {ours})")
@@ -169,7 +192,8 @@ def convert(source: dict, backbone: str = "uniformer", size: str = "small") -> t
     missing = sorted(k for k in target if k.startswith("backbone.encoder.") and k not in mapped)
     if unmatched or missing:
         hint = (
-            " (the unet3d import maps this collection's UNet3D names only: the authors' UNet3D is not supported)"
+            " (the unet3d import maps the authors' UNet, their RecModel, onto the official-layout UNet3D: size "
+            "'small' is their init_channels 32; this collection's own UNet3D checkpoints need no import)"
             if backbone == "unet3d"
             else ""
         )
@@ -185,7 +209,10 @@ def convert(source: dict, backbone: str = "uniformer", size: str = "small") -> t
             "(official layout: names mapped, 3-D convolution kernels permuted to the input's axis order)"
         ]
     else:
-        report = [f"encoder: {len(mapped)} tensors from 'encoder.*' -> 'backbone.encoder.*'"]
+        report = [
+            f"encoder: {len(mapped)} tensors from the authors' UNet ('conv1a' ... 'conv4d', top level or 'encoder.*') "
+            "-> 'backbone.encoder.*' (official layout: same names, tensors unchanged)"
+        ]
     if skipped:
         report.append(f"skipped: {len(skipped)} tensors of the authors' pre-training decoder (not used downstream)")
     if templates is not None:

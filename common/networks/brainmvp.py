@@ -122,9 +122,9 @@ def build_backbone(
         in_channels, out_channels: 1 and 1 in pre-training; modalities and classes downstream.
         skip_connections: False in pre-training (paper 3.1), True downstream.
         proj_dim: optional projection head for the contrastive embedding (None: the pooled feature itself).
-        layout: ``collection`` (default: this collection's networks) or ``official`` (UniFormer only: the BrainMVP
-            authors' layout, which checkpoints imported by ``tools/import_brainmvp_weights.py`` need; see
-            ``common.networks.uniformer``).
+        layout: ``collection`` (default: this collection's networks) or ``official`` (the BrainMVP authors'
+            layout, which checkpoints imported by ``tools/import_brainmvp_weights.py`` need; see
+            ``common.networks.uniformer`` and ``common.networks.unet3d``).
     """
     from common.networks.unet3d import unet3d, unet3d_tiny
     from common.networks.uniformer import uniformer_small, uniformer_tiny
@@ -137,14 +137,9 @@ def build_backbone(
     }
     if (name, size) not in factories:
         raise ValueError(f"unknown backbone {name!r} of size {size!r}; choose from {sorted(factories)}")
-    kwargs = {"skip_connections": skip_connections, "proj_dim": proj_dim}
-    if name == "uniformer":
-        kwargs["layout"] = layout
-    elif layout != "collection":
-        raise ValueError(
-            f"layout {layout!r} is not supported for the {name} backbone: only 'collection' is; the BrainMVP "
-            "authors' UNet3D layout is not implemented (only their UniFormer layout is, as 'official')"
-        )
+    if layout not in ("collection", "official"):
+        raise ValueError(f"unknown layout {layout!r} for the {name} backbone; choose from ['collection', 'official']")
+    kwargs = {"skip_connections": skip_connections, "proj_dim": proj_dim, "layout": layout}
     return factories[(name, size)](in_channels, out_channels, **kwargs)
 
 
