@@ -285,18 +285,19 @@ CASES: dict[str, Callable[..., Case]] = {
 }
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+def matmul_gflops(n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
     """fp32 matmul throughput of this machine (best of ``repeats``)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    dev = torch.device(device)
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(dev)
+        start = time.perf_counter()
+        a @ b
+        _sync(dev)
+        best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def _flops(fn: Callable[[], None]) -> int:
@@ -307,13 +308,30 @@ def _flops(fn: Callable[[], None]) -> int:
     return counter.get_total_flops()
 
 
-def measure(case: Case, repeats: int, peak_matmul: float) -> dict:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(case: Case, repeats: int, peak_matmul: float, device: torch.device | None = None) -> dict:
+    """Time ``case`` (best of ``repeats`` after a warm-up), count its FLOPs, and read the process's peak memory."""
+    device = device or torch.device("cpu")
+
+    def timed(fn: Callable[[], object]) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - start
+
     case.step()  # warm-up (allocations, kernels)
-    times = [_timed(case.step) for _ in range(repeats)]
-    t = min(times)
+    t = min(timed(case.step) for _ in range(repeats))
     flops = _flops(case.step)
-    mask_t = min(_timed(case.masking) for _ in range(max(repeats, 3))) if case.masking else 0.0
-    peak_mem_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak (kB -> GiB)
+    mask_t = min(timed(case.masking) for _ in range(max(repeats, 3))) if case.masking else 0.0
+    if device.type == "cuda":
+        peak_mem_gib = torch.cuda.max_memory_allocated(device) / 2**30
+    else:
+        peak_mem_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GiB
     return {
         "case": case.name,
         "shape": case.shape,
@@ -325,6 +343,67 @@ def measure(case: Case, repeats: int, peak_matmul: float) -> dict:
         "peak_mem_gib": peak_mem_gib,
         "masking_share": mask_t / t,
     }
+
+
+def _measure_child(conn, name: str, kwargs: dict, repeats: int, peak: float, device: str, amp: bool) -> None:
+    try:
+        dev = torch.device(device)
+        if dev.type != "cpu":
+            torch.set_default_device(dev)  # the case's networks and batch are created on ``device``
+        case = CASES[name](**kwargs)
+        if amp:  # bfloat16 autocast around the whole step, as the bundles' ``amp`` switch
+            step = case.step
+
+            def case_step() -> None:
+                with torch.autocast(dev.type, dtype=torch.bfloat16):
+                    step()
+
+            case.step = case_step
+            case.shape += " bf16"
+        conn.send(measure(case, repeats, peak, dev))
+    except BaseException as e:  # report, never hang the parent
+        conn.send(RuntimeError(f"{name} {kwargs}: {type(e).__name__}: {e}"))
+    finally:
+        conn.close()
+
+
+def _in_fork(target: Callable, *args) -> object:
+    """Run ``target(conn, *args)`` in a forked process and return what it sends (an exception is raised here).
+
+    The parent never computes anything itself: a process that has started PyTorch's OpenMP thread pool cannot
+    fork safely (the child's pool deadlocks), so the matmul figure is measured in a child too.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=target, args=(child, *args))
+    proc.start()
+    child.close()
+    try:
+        result = parent.recv()
+    except EOFError:
+        raise RuntimeError(f"benchmark process died (exit code {proc.join() or proc.exitcode})") from None
+    proc.join()
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def measure_isolated(
+    name: str, kwargs: dict, repeats: int, peak: float, device: str = "cpu", amp: bool = False
+) -> dict:
+    """Build and measure one case in a forked process, so that its peak memory is its own, not the run's maximum."""
+    return _in_fork(_measure_child, name, kwargs, repeats, peak, device, amp)
+
+
+def _matmul_child(conn, device: str) -> None:
+    try:
+        conn.send(matmul_gflops(device=device))
+    except BaseException as e:
+        conn.send(RuntimeError(f"matmul: {type(e).__name__}: {e}"))
+    finally:
+        conn.close()
 
 
 def _table(rows: list[dict], peak: float) -> str:
@@ -357,6 +436,8 @@ def run(
     batch: int | None = None,
     channels_last: bool = False,
     output: str | None = None,
+    device: str = "cpu",
+    amp: bool = False,
 ) -> str:
     """Benchmark ``cases`` (default: all) at ``shape`` (``small`` or ``paper``) and report.
 
@@ -371,18 +452,24 @@ def run(
         channels_last: networks (5-D weights) and 5-D inputs in ``torch.channels_last_3d``, as the bundles'
             ``channels_last`` switch (rows marked ``CL``).
         output: append the report to this file instead of ``docs/BENCHMARKS.md`` (CI keeps the docs clean).
+        device: ``cpu`` or a CUDA device such as ``cuda:0`` (then fp32 matmul and memory are measured on it).
+        amp: bfloat16 autocast around each step (the bundles' ``amp`` switch; meant for GPUs).
+
+    Each case runs in a forked process of its own, so its peak memory (CPU: peak RSS; GPU: peak allocated) is
+    its own and earlier cases do not warm its caches.
     """
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    peak = matmul_gflops()
+    peak = _in_fork(_matmul_child, device)
     names = [scaling] if scaling else ([cases] if isinstance(cases, str) else list(cases or CASES))
     rows = []
+    common = {"shape": "paper", "channels_last": channels_last}
     if scaling:
         for b in (1, 2, 4):
-            rows.append(measure(CASES[scaling]("paper", batch=b, edge=64, channels_last=channels_last), repeats, peak))
+            rows.append(measure_isolated(scaling, {**common, "batch": b, "edge": 64}, repeats, peak, device, amp))
         for e in (64, 96, 128):
-            rows.append(measure(CASES[scaling]("paper", batch=1, edge=e, channels_last=channels_last), repeats, peak))
+            rows.append(measure_isolated(scaling, {**common, "batch": 1, "edge": e}, repeats, peak, device, amp))
         batch_exp = _slope([1, 2, 4], [r["step_s"] for r in rows[:3]])
         edge_exp = _slope([64, 96, 128], [r["step_s"] for r in rows[3:]])
         note = (
@@ -390,13 +477,16 @@ def run(
             f"voxels ~ edge^3, so ~ voxels^{edge_exp / 3:.2f})\n"
         )
     else:
-        rows = [measure(CASES[n](shape, batch=batch, channels_last=channels_last), repeats, peak) for n in names]
+        kwargs = {"shape": shape, "batch": batch, "channels_last": channels_last}
+        rows = [measure_isolated(n, kwargs, repeats, peak, device, amp) for n in names]
         note = ""
     report = _table(rows, peak) + note
     print(report)
     if write:
         cmd = "python tools/benchmark.py " + " ".join(sys.argv[1:])
         machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        if device.startswith("cuda"):
+            machine += f", {torch.cuda.get_device_name(torch.device(device))}"
         stamp = datetime.date.today().isoformat()
         docs = Path(output) if output else REPO / "docs" / "BENCHMARKS.md"
         docs.parent.mkdir(exist_ok=True)
@@ -410,4 +500,4 @@ def run(
 
 
 if __name__ == "__main__":
-    fire.Fire(run)
+    fire.Fire(run, serialize=lambda report: None)  # run() prints the report itself
