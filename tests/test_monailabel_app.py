@@ -120,7 +120,11 @@ def test_info_lists_the_segmentation_bundles_with_their_label_names(server):
     for model in info["models"].values():
         assert model["type"] == "segmentation"
         assert model["labels"] == {"necrotic_core": 1, "edema": 2, "enhancing": 3}
-        assert model["version"] == "0.1.0"
+    for name, model in info["models"].items():
+        assert (
+            model["version"]
+            == json.loads((REPO / "bundles" / name / "configs" / "metadata.json").read_text())["version"]
+        )
     assert info["datastore"]["total"] == 3
 
 

@@ -22,6 +22,7 @@ import download_bundle  # noqa: E402
 import package_bundle  # noqa: E402
 
 TINY = [*TINY_VIT, "--feature_size", "8"]
+VERSION = json.loads((REPO / "bundles" / "m2mae_seg" / "configs" / "metadata.json").read_text())["version"]
 
 
 @pytest.fixture()
@@ -86,15 +87,15 @@ def test_closure_vendors_only_what_the_configs_reach():
 def test_package_is_reproducible_and_indexed(tmp_path, seg_bundle_with_weights):
     a = Path(package_bundle.build("m2mae_seg", out_dir=str(tmp_path / "a"), base_url="http://host/b"))
     b = Path(package_bundle.build("m2mae_seg", out_dir=str(tmp_path / "b"), base_url="http://host/b"))
-    assert a.name == "m2mae_seg_v0.1.0.zip" and a.read_bytes() == b.read_bytes()
+    assert a.name == f"m2mae_seg_v{VERSION}.zip" and a.read_bytes() == b.read_bytes()
     names = zipfile.ZipFile(a).namelist()
     assert "m2mae_seg/configs/inference.json" in names and "m2mae_seg/common/engines/checkpoint.py" in names
     assert not any(n.endswith(".pt") for n in names)
     index = json.loads((tmp_path / "a" / "model_info.json").read_text())
-    assert index["m2mae_seg_v0.1.0"]["hash"] == package_bundle.sha256(a)
+    assert index[f"m2mae_seg_v{VERSION}"]["hash"] == package_bundle.sha256(a)
     yml = zipfile.ZipFile(a).read("m2mae_seg/large_files.yml").decode()
     weight = seg_bundle_with_weights / "bundles" / "m2mae_seg" / "models" / "model.pt"
-    assert package_bundle.sha256(weight) in yml and "http://host/b/m2mae_seg_v0.1.0_model.pt" in yml
+    assert package_bundle.sha256(weight) in yml and f"http://host/b/m2mae_seg_v{VERSION}_model.pt" in yml
 
 
 @pytest.mark.slow
@@ -111,7 +112,7 @@ def test_download_by_name_over_http_and_run_standalone(tmp_path, server, seg_bun
             "--name",
             "m2mae_seg",
             "--url",
-            f"{url}/m2mae_seg_v0.1.0.zip",
+            f"{url}/m2mae_seg_v{VERSION}.zip",
             "--bundle_dir",
             str(tmp_path / "by_url"),
         ],
@@ -123,7 +124,7 @@ def test_download_by_name_over_http_and_run_standalone(tmp_path, server, seg_bun
     assert (tmp_path / "by_url" / "m2mae_seg" / "configs" / "inference.json").is_file()
     # by name and version against the index; weights through large_files.yml, hash-checked
     installed = Path(
-        download_bundle.download("m2mae_seg", "0.1.0", f"{url}/model_info.json", str(tmp_path / "bundles"))
+        download_bundle.download("m2mae_seg", VERSION, f"{url}/model_info.json", str(tmp_path / "bundles"))
     )
     weight = installed / "models" / "model.pt"
     assert weight.is_file() and package_bundle.sha256(weight) == package_bundle.sha256(
@@ -181,10 +182,10 @@ def test_wrong_hash_is_refused_and_leaves_nothing(tmp_path, server, seg_bundle_w
     www, url = server
     package_bundle.build("m2mae_seg", out_dir=str(www), base_url=url)
     index = json.loads((www / "model_info.json").read_text())
-    index["m2mae_seg_v0.1.0"]["hash"] = "0" * 64
+    index[f"m2mae_seg_v{VERSION}"]["hash"] = "0" * 64
     (www / "model_info.json").write_text(json.dumps(index))
     with pytest.raises(Exception, match="(?i)hash|sha256"):
-        download_bundle.download("m2mae_seg", "0.1.0", f"{url}/model_info.json", str(tmp_path / "bundles"))
+        download_bundle.download("m2mae_seg", VERSION, f"{url}/model_info.json", str(tmp_path / "bundles"))
     assert list((tmp_path / "bundles").iterdir()) == []
 
 
