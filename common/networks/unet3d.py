@@ -49,7 +49,7 @@ class UNet3DEncoder(nn.Module):
         in_channels: int,
         features: Sequence[int],
         norm: str | tuple = ("instance", {"affine": True}),
-        act: str | tuple = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True}),
+        act: str | tuple = ("LeakyReLU", {"negative_slope": 0.1, "inplace": False}),  # not on norm views: see decoders
     ) -> None:
         super().__init__()
         self.stem = TwoConv(3, in_channels, features[0], act, norm, True)
