@@ -100,6 +100,14 @@ def test_evaluate_writes_dice_and_hd95_per_region(trained, demo_dataset):
     assert len(per_case) == 1 + len(validation)
 
 
+def _infer(trained: Path, datalist: Path, out: Path) -> list[Path]:
+    """Run inference.json with the trained tiny model on ``datalist``; the written segmentations."""
+    run_bundle(
+        INFERENCE, *TINY, "--datalist", str(datalist), "--ckpt_dir", str(trained / "models"), "--output_dir", str(out)
+    )
+    return list(out.glob("*.nii.gz"))
+
+
 def _write_case(folder: Path, shape, affine, rng) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     entry = {"subject_id": folder.name}
@@ -118,17 +126,7 @@ def test_inference_writes_labels_in_the_input_space(trained, tmp_path):
     entry = _write_case(tmp_path / "data" / "case7", (41, 37, 23), affine, rng)
     datalist = tmp_path / "data" / "datalist.json"
     datalist.write_text(json.dumps({"testing": [entry]}))
-    run_bundle(
-        INFERENCE,
-        *TINY,
-        "--datalist",
-        str(datalist),
-        "--ckpt_dir",
-        str(trained / "models"),
-        "--output_dir",
-        str(tmp_path / "out"),
-    )
-    outputs = list((tmp_path / "out").glob("*.nii.gz"))
+    outputs = _infer(trained, datalist, tmp_path / "out")
     assert len(outputs) == 1
     seg, src = nib.load(outputs[0]), nib.load(entry["t1"])
     assert seg.shape == src.shape
@@ -146,16 +144,6 @@ def test_inference_reads_dicom_series(trained, tmp_path):
         entry[m] = str(write_dicom_series(tmp_path / "dcm1" / m, np.random.default_rng(i).random((24, 36, 36)) * 500))
     datalist = tmp_path / "datalist.json"
     datalist.write_text(json.dumps({"testing": [entry]}))
-    run_bundle(
-        INFERENCE,
-        *TINY,
-        "--datalist",
-        str(datalist),
-        "--ckpt_dir",
-        str(trained / "models"),
-        "--output_dir",
-        str(tmp_path / "out"),
-    )
-    outputs = list((tmp_path / "out").glob("*.nii.gz"))
+    outputs = _infer(trained, datalist, tmp_path / "out")
     assert len(outputs) == 1 and nib.load(outputs[0]).shape == (36, 36, 24)
     del pydicom
