@@ -14,6 +14,7 @@ from common.losses.brainmvp import (
 )
 from common.masking.cross_modal import cross_modal_mask, cube_mask
 from common.networks.brainmvp import BrainMVP, build_backbone
+from common.networks.decoders import UpDecoder, linear_patch_head
 from common.networks.templates import ModalityTemplates
 from common.transforms.modality import RandCropWithBoxd, SampleModalityPaird
 
@@ -102,6 +103,41 @@ def test_backbones_shapes_skips_and_encoder_keys(name):
     enc = {k: v for k, v in pre.state_dict().items() if k.startswith("encoder.")}
     result = down.load_state_dict(enc, strict=False)
     assert [k for k in result.missing_keys if k.startswith("encoder.")] == []
+
+
+def test_linear_patch_head_is_a_transposed_convolution_with_kernel_equal_to_stride():
+    """Each input voxel's c_in values map linearly to its own s^3 output patch: the transposed convolution whose
+    kernel [c_in, c_out, i, j, k] is the 1x1x1 convolution's row c_out * s^3 + i * s^2 + j * s + k."""
+    torch.manual_seed(0)
+    c_in, c_out, s = 5, 2, 3
+    head = linear_patch_head(c_in, c_out, s).double()
+    conv = head.conv_block
+    reference = torch.nn.ConvTranspose3d(c_in, c_out, kernel_size=s, stride=s).double()
+    with torch.no_grad():
+        w = conv.weight[:, :, 0, 0, 0].reshape(c_out, s, s, s, c_in)  # [c_out, i, j, k, c_in]
+        reference.weight.copy_(w.permute(4, 0, 1, 2, 3))
+        reference.bias.copy_(conv.bias.reshape(c_out, s**3)[:, 0])
+        conv.bias.copy_(conv.bias.reshape(c_out, s**3)[:, :1].expand(c_out, s**3).reshape(-1))
+    x = torch.randn(2, c_in, 4, 3, 2, dtype=torch.float64)
+    out = head(x)
+    assert out.shape == (2, c_out, 12, 9, 6)
+    torch.testing.assert_close(out, reference(x))
+    # by hand: output voxel (1, 4, 2) lies in patch (0, 1, 0) at offset (1, 1, 2)
+    row = torch.arange(c_out) * s**3 + 1 * s**2 + 1 * s + 2
+    by_hand = conv.weight[row, :, 0, 0, 0] @ x[0, :, 0, 1, 0] + conv.bias[row]
+    torch.testing.assert_close(out[0, :, 1, 4, 2], by_hand)
+
+
+def test_pretraining_decoder_has_no_full_resolution_block_and_downstream_keeps_it():
+    """Pre-training (no skips) ends in the linear patch head; segmentation (skips) keeps its full-resolution
+    residual block; with stride 1 (U-Net) both end in a 1x1x1 convolution."""
+    pre, down = UpDecoder([8, 16], 1, skip=False, final_stride=4), UpDecoder([8, 16], 3, skip=True, final_stride=4)
+    assert not any(p.dim() == 5 and p.shape[-1] > 1 for n, p in pre.named_parameters() if n.startswith("head"))
+    assert isinstance(pre.final_block, torch.nn.Identity) and not isinstance(down.final_block, torch.nn.Identity)
+    feats = [torch.randn(1, 8, 4, 4, 4), torch.randn(1, 16, 2, 2, 2)]
+    assert pre(feats).shape == (1, 1, 16, 16, 16) and down(feats).shape == (1, 3, 16, 16, 16)
+    unet = UpDecoder([8, 16], 1, skip=False, final_stride=1)
+    assert isinstance(unet.head, torch.nn.Conv3d) and unet(feats).shape == (1, 1, 4, 4, 4)
 
 
 def test_brainmvp_forward_losses_and_template_gradient():

@@ -77,6 +77,24 @@ def test_checkpoints_load_across_layouts():
         assert torch.equal(a, b)
 
 
+def test_every_3d_convolution_sees_channels_last_inputs():
+    """The one-channel image and the norms' contiguous outputs are handed to each convolution channels-last (once:
+    calling ``to_device`` again adds no second hook), and switched off the network is left as it was."""
+    net = to_device(build_backbone("uniformer", "tiny", skip_connections=False), channels_last=True)
+    net = to_device(net, channels_last=True)
+    convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+    assert all(len(m._forward_pre_hooks) == 1 for m in convs)
+    seen = []
+    for m in convs:
+        m.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    net(torch.randn(1, 1, 32, 32, 32))
+    assert len(seen) == len(convs) and all(x.is_contiguous(memory_format=torch.channels_last_3d) for x in seen)
+    # the multi-channel ones are laid out channels-last, not merely ambiguous
+    assert any(not x.is_contiguous() for x in seen if x.shape[1] > 1)
+    plain = to_device(build_backbone("uniformer", "tiny", skip_connections=False))
+    assert all(not m._forward_pre_hooks for m in plain.modules())
+
+
 def test_to_device_leaves_other_ranks_alone():
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Linear(3, 3))
     assert to_device(net, "cpu", channels_last=True) is net  # Module.to(memory_format=channels_last_3d) would raise

@@ -2,7 +2,16 @@
 
 BrainMVP pre-trains its encoder-decoders *without* skip connections (paper 3.1: the decoder must rebuild X_im
 from the latent alone) and fine-tunes them *with* skips downstream; one class serves both, switched by ``skip``.
-Built from MONAI's ``get_conv_layer`` (transposed convolutions) and ``UnetResBlock``.
+Built from MONAI's ``get_conv_layer`` (transposed convolutions), ``UnetResBlock`` and ``SubpixelUpsample``.
+
+The last up-sampling (from the encoder's stem stride, e.g. UniFormer's 4, to the input resolution) differs:
+
+* with skips (segmentation) a transposed convolution, a residual block at full resolution and a 1x1x1 head;
+* without skips (pre-training) a *linear patch head*: one 1x1x1 convolution to ``out_channels * stride^3`` values
+  per voxel, rearranged into ``stride^3`` patches (sub-pixel shuffle). The BrainMVP authors' pre-training decoder
+  ends the same way (a transposed convolution then a 1x1x1 convolution, with no non-linearity between them: one
+  linear map per patch). A residual block at 96^3 with 64 channels would cost ~86 % of a pre-training step's
+  FLOPs and most of its memory (docs/BENCHMARKS.md) for a reconstruction the paper uses as a pretext only.
 """
 
 from __future__ import annotations
@@ -11,10 +20,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-from monai.networks.blocks import UnetResBlock
+from monai.networks.blocks import SubpixelUpsample, UnetResBlock
 from monai.networks.blocks.dynunet_block import get_conv_layer
 
-__all__ = ["UpDecoder", "EncoderDecoder"]
+__all__ = ["UpDecoder", "EncoderDecoder", "linear_patch_head"]
 
 
 # MONAI's default activation, not in place: instance norm returns a view, and an in-place activation on a view
@@ -29,7 +38,9 @@ class UpDecoder(nn.Module):
         feature_channels: channels of the encoder features, shallowest first.
         out_channels: output channels (1 for reconstruction, classes for segmentation).
         skip: concatenate each encoder feature on the way up (U-Net) or not (pre-training).
-        final_stride: up-sampling from the shallowest feature to the input (UniFormer's stem: 4; U-Net: 1).
+        final_stride: up-sampling from the shallowest feature to the input (UniFormer's stem: 4; U-Net: 1); with
+            skips a transposed convolution and a full-resolution residual block, without them the linear patch
+            head (see the module docstring).
         norm_name: normalisation of the residual blocks.
     """
 
@@ -51,17 +62,22 @@ class UpDecoder(nn.Module):
                 get_conv_layer(3, deep, shallow, kernel_size=2, stride=2, conv_only=True, is_transposed=True)
             )
             self.blocks.append(UnetResBlock(3, shallow * (2 if skip else 1), shallow, 3, 1, norm_name, _ACT))
+        full_resolution_block = skip and final_stride > 1
         self.final_up = (
             get_conv_layer(
                 3, chans[0], chans[0], kernel_size=final_stride, stride=final_stride, conv_only=True, is_transposed=True
             )
-            if final_stride > 1
+            if full_resolution_block
             else nn.Identity()
         )
         self.final_block = (
-            UnetResBlock(3, chans[0], chans[0], 3, 1, norm_name, _ACT) if final_stride > 1 else nn.Identity()
+            UnetResBlock(3, chans[0], chans[0], 3, 1, norm_name, _ACT) if full_resolution_block else nn.Identity()
         )
-        self.head = nn.Conv3d(chans[0], out_channels, kernel_size=1)
+        self.head = (
+            nn.Conv3d(chans[0], out_channels, kernel_size=1)
+            if full_resolution_block or final_stride == 1
+            else linear_patch_head(chans[0], out_channels, final_stride)
+        )
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         x = features[-1]
@@ -69,6 +85,13 @@ class UpDecoder(nn.Module):
             x = up(x)
             x = block(torch.cat([x, skip_feature], dim=1) if self.skip else x)
         return self.head(self.final_block(self.final_up(x)))
+
+
+def linear_patch_head(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    """A 1x1x1 convolution to ``out_channels * stride^3`` values per voxel, shuffled into ``stride^3`` patches:
+    ``[B, in, *S] -> [B, out, *(S * stride)]`` (MONAI's ``SubpixelUpsample`` without its smoothing pool)."""
+    conv = nn.Conv3d(in_channels, out_channels * stride**3, kernel_size=1)
+    return SubpixelUpsample(3, in_channels, out_channels, stride, conv_block=conv, apply_pad_pool=False)
 
 
 class EncoderDecoder(nn.Module):
