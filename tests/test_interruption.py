@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO, TINY_VIT, bundle_command, run_bundle
 
 TRAIN = "bundles/m2mae/configs/train.json"
@@ -98,3 +99,32 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     )
     ckpt_dir = tmp_path / "run" / "models" / "checkpoints"
     assert (ckpt_dir / "checkpoint_epoch=1.pt").read_bytes() == good or (ckpt_dir / "checkpoint_epoch=2.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "other, expected",
+    [
+        (lambda: torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1)), "unexpected: 1.weight, 1.bias"),
+        (lambda: torch.nn.Sequential(torch.nn.Linear(4, 2)), "size mismatch for 0.weight"),
+    ],
+)
+def test_resuming_from_another_networks_checkpoint_names_the_file_and_keeps_it(tmp_path, other, expected):
+    """A checkpoint written by another network (e.g. an earlier bundle version's decoder) stops the run with its
+    path and the mismatching keys, instead of torch's key dump, and is not deleted."""
+    from ignite.engine import Engine
+
+    from common.engines.checkpoint import ResumableCheckpoint
+
+    foreign = ResumableCheckpoint(str(tmp_path), {"network": other()})
+    writer = Engine(lambda e, b: None)
+    foreign.attach(writer)
+    writer.run([0], max_epochs=1)
+    path = tmp_path / "checkpoint_epoch=1.pt"
+    assert path.exists()
+
+    engine = Engine(lambda e, b: None)
+    ResumableCheckpoint(str(tmp_path), {"network": torch.nn.Sequential(torch.nn.Linear(3, 2))}).attach(engine)
+    with pytest.raises(RuntimeError, match="cannot resume from .*checkpoint_epoch=1.pt") as err:
+        engine.run([0], max_epochs=1)
+    assert expected in str(err.value) and "--ckpt_dir" in str(err.value)
+    assert path.exists()

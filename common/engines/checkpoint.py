@@ -179,6 +179,29 @@ def _is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+def _load_network(net: torch.nn.Module, state: Mapping[str, Any], key: str, path: Path) -> None:
+    """Load a resumed network, or say which file does not fit it (e.g. one written by an earlier bundle version
+    with another decoder) instead of torch's key dump; nothing is deleted, the user decides."""
+
+    def first(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    try:
+        mismatch = net.load_state_dict(state, strict=False)
+        problem = "; ".join(
+            f"{what}: {first(keys)}"
+            for what, keys in (("missing", mismatch.missing_keys), ("unexpected", mismatch.unexpected_keys))
+            if keys
+        )
+    except RuntimeError as e:  # same names, other shapes
+        problem = str(e).splitlines()[-1].strip()
+    if problem:
+        raise RuntimeError(
+            f"cannot resume from {path}: its '{key}' does not fit this network ({problem}); it was written by another "
+            "network or bundle version: move it aside or set --ckpt_dir to start a new run"
+        ) from None
+
+
 class ResumableCheckpoint:
     """Save training state every ``save_interval`` epochs, resume from the newest valid one, write the final model.
 
@@ -289,8 +312,10 @@ class ResumableCheckpoint:
                     max_epochs = engine.state.max_epochs  # the configured length wins, so a run can be extended
                     obj.load_state_dict(state[key])
                     obj.state.max_epochs = max_epochs
+                elif isinstance(obj, torch.nn.Module):
+                    _load_network(unwrap(obj), state[key], key, path)
                 else:
-                    (unwrap(obj) if isinstance(obj, torch.nn.Module) else obj).load_state_dict(state[key])
+                    obj.load_state_dict(state[key])
             for obj in self.save_dict.values():
                 if isinstance(obj, torch.optim.lr_scheduler.LRScheduler):
                     _keep_configured_schedule(obj)
