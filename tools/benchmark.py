@@ -128,14 +128,17 @@ def _m2mae_seg(shape: str, batch: int | None = None, edge: int | None = None, ch
     return Case("m2mae_seg", _label(f"{b}x4x{e}^3 UNETR", channels_last), b, step)
 
 
-def _brainmvp(backbone: str) -> Callable[..., Case]:
+def _brainmvp(backbone: str, layout: str = "collection") -> Callable[..., Case]:
+    """BrainMVP pre-training with ``backbone`` in ``layout`` (``official``: the authors' UniFormer, stride-2 stem)."""
+
     def build(shape: str, batch: int | None = None, edge: int | None = None, channels_last: bool = False) -> Case:
         from common.masking.cross_modal import cross_modal_mask, cube_mask
         from common.networks.brainmvp import BrainMVP, build_backbone
 
         paper = shape == "paper"
         b, e = batch or (1 if paper else 2), edge or (96 if paper else 32)
-        net = BrainMVP(build_backbone(backbone, "small" if paper else "tiny"), ["t1", "t1ce", "t2", "flair"], (e, e, e))
+        size = "small" if paper else "tiny"
+        net = BrainMVP(build_backbone(backbone, size, layout=layout), ["t1", "t1ce", "t2", "flair"], (e, e, e))
         net = _cl(net, channels_last)
         opt = torch.optim.AdamW(net.parameters(), 3e-4)
         image, index, box = (
@@ -156,8 +159,9 @@ def _brainmvp(backbone: str) -> Callable[..., Case]:
             cross_modal_mask(image[:, :1], image[:, 1:], cube_mask((e, e, e), b))
             cross_modal_mask(image[:, :1], t, cube_mask((e, e, e), b))
 
-        label = _label(f"{b}x1x{e}^3 {backbone}-{'S' if paper else 'tiny'}", channels_last)
-        return Case(f"brainmvp_{backbone}", label, b, step, masking)
+        suffix = "" if layout == "collection" else f"_{layout}"
+        label = _label(f"{b}x1x{e}^3 {backbone}-{'S' if paper else 'tiny'}{suffix.replace('_', ' ')}", channels_last)
+        return Case(f"brainmvp_{backbone}{suffix}", label, b, step, masking)
 
     return build
 
@@ -278,6 +282,7 @@ CASES: dict[str, Callable[..., Case]] = {
     "m2mae_seg": _m2mae_seg,
     "brainmvp_uniformer": _brainmvp("uniformer"),
     "brainmvp_unet3d": _brainmvp("unet3d"),
+    "brainmvp_uniformer_official": _brainmvp("uniformer", "official"),
     "m2mae_cls": _m2mae_cls(linear_probe=True),
     "m2mae_cls_finetune": _m2mae_cls(linear_probe=False),
     "brainmvp_seg": _brainmvp_downstream("seg"),
@@ -483,20 +488,26 @@ def run(
     report = _table(rows, peak) + note
     print(report)
     if write:
-        cmd = "python tools/benchmark.py " + " ".join(sys.argv[1:])
-        machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-        if device.startswith("cuda"):
-            machine += f", {torch.cuda.get_device_name(torch.device(device))}"
-        stamp = datetime.date.today().isoformat()
-        docs = Path(output) if output else REPO / "docs" / "BENCHMARKS.md"
-        docs.parent.mkdir(exist_ok=True)
-        if not docs.exists():
-            docs.write_text(
-                "# Benchmarks\n\nFull training steps with data in memory, produced by `tools/benchmark.py`.\n"
-            )
-        with docs.open("a") as f:
-            f.write(f"\n## {stamp}: `{cmd.strip()}`\n\nMachine: {machine}\n\n{report}")
+        append_report(report, "python tools/benchmark.py " + " ".join(sys.argv[1:]), device, output)
     return report
+
+
+def append_report(report: str, cmd: str, device: str = "cpu", output: str | None = None) -> Path:
+    """Append ``report`` under a dated heading with ``cmd`` and the machine line to ``output`` (default
+    ``docs/BENCHMARKS.md``) and return that file."""
+    machine = (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    if device.startswith("cuda"):
+        machine += f", {torch.cuda.get_device_name(torch.device(device))}"
+    stamp = datetime.date.today().isoformat()
+    docs = Path(output) if output else REPO / "docs" / "BENCHMARKS.md"
+    docs.parent.mkdir(exist_ok=True)
+    if not docs.exists():
+        docs.write_text("# Benchmarks\n\nFull training steps with data in memory, produced by `tools/benchmark.py`.\n")
+    with docs.open("a") as f:
+        f.write(f"\n## {stamp}: `{cmd.strip()}`\n\nMachine: {machine}\n\n{report}")
+    return docs
 
 
 if __name__ == "__main__":
