@@ -51,6 +51,12 @@ def tiny_m2mae_ckpt(tmp_path_factory) -> Path:
     return path
 
 
+def run_dirs(ckpt_dir: Path, output_dir: Path) -> list[str]:
+    """The ``--ckpt_dir`` / ``--output_dir`` overrides of a bundle run: where it reads and writes checkpoints and
+    where its logs, metrics and predictions go."""
+    return ["--ckpt_dir", str(ckpt_dir), "--output_dir", str(output_dir)]
+
+
 def run_bundle(
     config_files: list[str] | str, *overrides: str, cwd: Path = REPO, timeout: int = 600, torchrun: int = 0
 ) -> subprocess.CompletedProcess:

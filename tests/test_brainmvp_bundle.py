@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 import torch
-from conftest import run_bundle
+from conftest import run_bundle, run_dirs
 
 TRAIN = "bundles/brainmvp/configs/train.json"
 MULTI_GPU = "bundles/brainmvp/configs/multi_gpu_train.json"
@@ -27,10 +27,7 @@ def tiny(out: Path, epochs: int, backbone: str = "uniformer") -> list[str]:
         "0",
         "--epochs",
         str(epochs),
-        "--ckpt_dir",
-        str(out / "models"),
-        "--output_dir",
-        str(out / "logs"),
+        *run_dirs(out / "models", out / "logs"),
     ]
 
 
@@ -89,10 +86,7 @@ def test_inference_extracts_encoder_features(tmp_path, monkeypatch):
         "[32,32,32]",
         "--modality",
         "flair",
-        "--ckpt_dir",
-        str(tmp_path / "models"),
-        "--output_dir",
-        str(tmp_path / "eval"),
+        *run_dirs(tmp_path / "models", tmp_path / "eval"),
     )
     assert "pre-trained encoder tensors" in proc.stdout + proc.stderr
     rows = (tmp_path / "eval" / "features.csv").read_text().splitlines()

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 import torch
-from conftest import run_bundle
+from conftest import run_bundle, run_dirs
 
 from common.networks.brainmvp import BrainMVP, build_backbone
 
@@ -42,10 +42,7 @@ def test_train_evaluate_infer(tmp_path):
         "bundles/brainmvp_cls/configs/inference.json",
         *TINY,
         *demo,
-        "--ckpt_dir",
-        str(tmp_path / "models"),
-        "--output_dir",
-        str(tmp_path / "inf"),
+        *run_dirs(tmp_path / "models", tmp_path / "inf"),
     )
     preds = list(csv.reader((tmp_path / "inf" / "predictions.csv").open()))
     assert preds and all(abs(float(r[1]) + float(r[2]) - 1) < 1e-5 for r in preds)

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import run_bundle
+from conftest import run_bundle, run_dirs
 
 from common.networks.brainmvp import BrainMVP, build_backbone
 
@@ -43,10 +43,7 @@ def trained(tmp_path_factory, demo_dataset, pretrained) -> Path:
         "2",
         "--pretrained_ckpt",
         str(pretrained),
-        "--ckpt_dir",
-        str(out / "models"),
-        "--output_dir",
-        str(out / "logs"),
+        *run_dirs(out / "models", out / "logs"),
     )
     (out / "train.log").write_text(proc.stdout + proc.stderr)
     return out
@@ -71,10 +68,7 @@ def test_from_scratch_switches_augmentation_off_with_a_log_line(tmp_path, demo_d
         "1",
         "--pretrained_ckpt",
         "",
-        "--ckpt_dir",
-        str(tmp_path / "models"),
-        "--output_dir",
-        str(tmp_path / "logs"),
+        *run_dirs(tmp_path / "models", tmp_path / "logs"),
     )
     log = proc.stdout + proc.stderr
     assert "template augmentation is off" in log and "training from scratch" in log
@@ -87,10 +81,7 @@ def test_evaluate_and_inference(trained, demo_dataset, tmp_path):
         *TINY,
         "--dataset_dir",
         str(demo_dataset.parent),
-        "--ckpt_dir",
-        str(trained / "models"),
-        "--output_dir",
-        str(trained / "eval"),
+        *run_dirs(trained / "models", trained / "eval"),
     )
     rows = dict(csv.reader((trained / "eval" / "metrics.csv").open()))
     assert {"val_dice_tc", "val_dice_wt", "val_dice_et", "val_hd95_wt"} <= set(rows)
@@ -99,10 +90,7 @@ def test_evaluate_and_inference(trained, demo_dataset, tmp_path):
         *TINY,
         "--dataset_dir",
         str(demo_dataset.parent),
-        "--ckpt_dir",
-        str(trained / "models"),
-        "--output_dir",
-        str(tmp_path / "seg"),
+        *run_dirs(trained / "models", tmp_path / "seg"),
     )
     testing = json.loads(demo_dataset.read_text())["testing"]
     outputs = sorted((tmp_path / "seg").glob("*.nii.gz"))

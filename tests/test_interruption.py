@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY_VIT, bundle_command, run_bundle
+from conftest import REPO, TINY_VIT, bundle_command, run_bundle, run_dirs
 
 TRAIN = "bundles/m2mae/configs/train.json"
 LINE = re.compile(r"Epoch: (\d+)/\d+, Iter: (\d+)/\d+ -- loss: ([-\d.e+]+)")
@@ -30,10 +30,7 @@ def args(out: Path, dataset: Path, epochs: int) -> list[str]:
         "1",
         "--epochs",
         str(epochs),
-        "--ckpt_dir",
-        str(out / "models"),
-        "--output_dir",
-        str(out / "logs"),
+        *run_dirs(out / "models", out / "logs"),
     ]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY_VIT, run_bundle
+from conftest import REPO, TINY_VIT, run_bundle, run_dirs
 from monai.networks.nets import UNETR
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -31,10 +31,7 @@ def tiny(out: Path, dataset: Path, epochs: int = 1, *extra: str) -> list[str]:
         str(dataset.parent),
         "--epochs",
         str(epochs),
-        "--ckpt_dir",
-        str(out / "models"),
-        "--output_dir",
-        str(out / "logs"),
+        *run_dirs(out / "models", out / "logs"),
         *extra,
     ]
 
@@ -112,10 +109,7 @@ def test_inference_extracts_encoder_features(tmp_path, demo_dataset):
         *TINY_VIT,
         "--dataset_dir",
         str(demo_dataset.parent),
-        "--ckpt_dir",
-        str(tmp_path / "models"),
-        "--output_dir",
-        str(tmp_path / "eval"),
+        *run_dirs(tmp_path / "models", tmp_path / "eval"),
     )
     rows = (tmp_path / "eval" / "features.csv").read_text().splitlines()
     assert len(rows) == 3 and all(len(r.split(",")) == 1 + 48 for r in rows)  # 3 training subjects, width 48

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY_VIT, bundle_command, run_bundle
+from conftest import REPO, TINY_VIT, bundle_command, run_bundle, run_dirs
 from monai.bundle import ConfigParser
 
 from common.networks.vit_classifier import ViTClassifier
@@ -82,10 +82,7 @@ def _train(out: Path, data_args: list[str], pretrained: Path, probe: bool) -> su
         str(probe),
         "--pretrained_ckpt",
         str(pretrained),
-        "--ckpt_dir",
-        str(out / "models"),
-        "--output_dir",
-        str(out / "logs"),
+        *run_dirs(out / "models", out / "logs"),
     )
 
 
@@ -177,17 +174,12 @@ def test_linear_probe_keeps_the_encoder_then_evaluate_and_infer(tmp_path, data_a
         [TRAIN, EVALUATE],
         *TINY,
         *data_args,
-        "--ckpt_dir",
-        str(tmp_path / "models"),
-        "--output_dir",
-        str(tmp_path / "eval"),
+        *run_dirs(tmp_path / "models", tmp_path / "eval"),
     )
     metrics = {k: float(v) for k, v in csv.reader((tmp_path / "eval" / "metrics.csv").open())}
     assert set(metrics) == {"val_auc", "val_acc", "val_f1"}
 
-    run_bundle(
-        INFERENCE, *TINY, *data_args, "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "inf")
-    )
+    run_bundle(INFERENCE, *TINY, *data_args, *run_dirs(tmp_path / "models", tmp_path / "inf"))
     rows = list(csv.reader((tmp_path / "inf" / "predictions.csv").open()))
     testing = json.loads(cls_datalist.read_text())["testing"]
     assert [r[0] for r in rows] == [e["subject_id"] for e in testing]
@@ -228,10 +220,7 @@ def test_multi_gpu_fine_tuning_runs_ddp_on_two_cpu_processes(tmp_path, data_args
         "False",
         "--pretrained_ckpt",
         str(tiny_m2mae_ckpt),
-        "--ckpt_dir",
-        str(tmp_path / "models"),
-        "--output_dir",
-        str(tmp_path / "logs"),
+        *run_dirs(tmp_path / "models", tmp_path / "logs"),
         torchrun=2,
     )
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
@@ -247,10 +236,7 @@ def _fails(tmp_path: Path, *overrides: str) -> str:
         *TINY,
         "--epochs",
         "1",
-        "--ckpt_dir",
-        str(tmp_path / "models"),
-        "--output_dir",
-        str(tmp_path / "logs"),
+        *run_dirs(tmp_path / "models", tmp_path / "logs"),
         *overrides,
     )
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_VIT, bundle_command, run_bundle
+from conftest import REPO, TINY_VIT, bundle_command, run_bundle, run_dirs
 
 TRAIN = "bundles/m2mae_seg/configs/train.json"
 EVALUATE = "bundles/m2mae_seg/configs/evaluate.json"
@@ -37,10 +37,7 @@ def trained(tmp_path_factory, demo_dataset, tiny_m2mae_ckpt) -> Path:
         str(demo_dataset.parent),
         "--epochs",
         "2",
-        "--ckpt_dir",
-        str(out / "models"),
-        "--output_dir",
-        str(out / "logs"),
+        *run_dirs(out / "models", out / "logs"),
         "--pretrained_ckpt",
         str(tiny_m2mae_ckpt),
     )
@@ -86,10 +83,7 @@ def test_evaluate_writes_dice_and_hd95_per_region(trained, demo_dataset):
         *TINY,
         "--dataset_dir",
         str(demo_dataset.parent),
-        "--ckpt_dir",
-        str(trained / "models"),
-        "--output_dir",
-        str(trained / "eval"),
+        *run_dirs(trained / "models", trained / "eval"),
     )
     rows = dict(csv.reader((trained / "eval" / "metrics.csv").open()))
     for region in ("tc", "wt", "et"):
@@ -102,9 +96,7 @@ def test_evaluate_writes_dice_and_hd95_per_region(trained, demo_dataset):
 
 def _infer(trained: Path, datalist: Path, out: Path) -> list[Path]:
     """Run inference.json with the trained tiny model on ``datalist``; the written segmentations."""
-    run_bundle(
-        INFERENCE, *TINY, "--datalist", str(datalist), "--ckpt_dir", str(trained / "models"), "--output_dir", str(out)
-    )
+    run_bundle(INFERENCE, *TINY, "--datalist", str(datalist), *run_dirs(trained / "models", out))
     return list(out.glob("*.nii.gz"))
 
 
