@@ -14,7 +14,8 @@ from common.networks.brainmvp import build_backbone
 from common.networks.utils import to_device
 
 REPO = Path(__file__).resolve().parents[1]
-CHANNELS_LAST_DEFAULTS = {"brainmvp": "$@backbone == 'uniformer'"}
+UNIFORMER_COLLECTION = "$@backbone == 'uniformer' and @backbone_layout == 'collection'"
+CHANNELS_LAST_DEFAULTS = {"brainmvp": UNIFORMER_COLLECTION, "brainmvp_cls": UNIFORMER_COLLECTION}
 TRAINING_BUNDLES = ["m2mae", "m2mae_seg", "m2mae_cls", "brainmvp", "brainmvp_seg", "brainmvp_cls"]
 
 
