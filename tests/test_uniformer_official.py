@@ -218,7 +218,10 @@ def test_collection_layout_unchanged():
     assert sum(p.numel() for p in net.encoder.parameters()) == 22041024
     assert hashlib.sha256(listing.encode()).hexdigest().startswith("df4679e58988d359")
     pre = uniformer_small(skip_connections=False)
-    assert len(pre.state_dict()) == 338 and sum(p.numel() for p in pre.parameters()) == 30863873
+    # the pre-training decoder ends in the linear patch head since brainmvp 0.3.0 (338 keys, 30863873 parameters
+    # before: transposed convolution + 64-channel residual block at full resolution + 1x1x1 head)
+    assert len(pre.state_dict()) == 335 and sum(p.numel() for p in pre.parameters()) == 30384640
+    assert sum(p.numel() for p in pre.decoder.head.parameters()) == 64 * 4**3 + 4**3
     assert uniformer_small(layout="collection").state_dict().keys() == state.keys()
     enc = uniformer_tiny().encoder
     assert [e[0].stride for e in enc.embeds] == [(4, 4, 4), (2, 2, 2), (2, 2, 2), (2, 2, 2)]
