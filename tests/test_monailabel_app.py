@@ -39,12 +39,11 @@ TINY = {
 if not MONAILABEL_PYTHON.exists():
     if os.environ.get("MMPT_REQUIRE_MONAILABEL") == "1":
         raise RuntimeError(f"MONAI Label environment missing: {MONAILABEL_PYTHON} (see apps/monailabel_bundles)")
-    pytest.skip(
-        reason=f"MONAI Label needs its own venv (pydicom 2, torchvision) and none is at {MONAILABEL_PYTHON}: create it "
-        "as in apps/monailabel_bundles/README.md, or set MMPT_MONAILABEL_PYTHON; CI builds it and sets "
-        "MMPT_REQUIRE_MONAILABEL=1, so there these tests fail instead of skipping",
-        allow_module_level=True,
+    _HOW = (
+        f"none is at {MONAILABEL_PYTHON}: create it as in apps/monailabel_bundles/README.md, or set "
+        "MMPT_MONAILABEL_PYTHON; CI builds it and sets MMPT_REQUIRE_MONAILABEL=1, so there these tests fail instead"
     )
+    pytest.skip(reason="MONAI Label needs its own venv (pydicom 2, torchvision) and " + _HOW, allow_module_level=True)
 
 
 def _tiny_bundle(name: str, root: Path, weights: bool = True) -> Path:
