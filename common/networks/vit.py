@@ -38,9 +38,11 @@ def unetr_vit(
     dropout_rate: float = 0.0,
     qkv_bias: bool = False,
     fused_attention: bool = True,
+    spatial_dims: int = 3,
 ) -> ViT:
     """A :class:`~monai.networks.nets.ViT` with the arguments :class:`~monai.networks.nets.UNETR` passes to its own
-    (convolutional patch embedding, learnable positions, no class token), so its keys match ``UNETR.vit``."""
+    (convolutional patch embedding, learnable positions, no class token), so its keys match ``UNETR.vit``;
+    ``spatial_dims=2`` for images (MRM and its downstream bundles), 3 for volumes."""
     vit = ViT(
         in_channels=in_channels,
         img_size=img_size,
@@ -52,7 +54,7 @@ def unetr_vit(
         proj_type="conv",
         classification=False,
         dropout_rate=dropout_rate,
-        spatial_dims=3,
+        spatial_dims=spatial_dims,
         qkv_bias=qkv_bias,
     )
     return set_fused_attention(vit, fused_attention)

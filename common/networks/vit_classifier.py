@@ -25,6 +25,7 @@ class ViTClassifier(nn.Module):
             pooled encoder features themselves (feature extraction).
         freeze_encoder: linear probe: the encoder has no gradients and stays in eval mode.
         fused_attention: PyTorch's fused scaled-dot-product attention (same maths, no attention matrix in memory).
+        spatial_dims: 3 for volumes, 2 for images.
 
     Example::
 
@@ -47,11 +48,12 @@ class ViTClassifier(nn.Module):
         dropout_rate: float = 0.0,
         freeze_encoder: bool = False,
         fused_attention: bool = True,
+        spatial_dims: int = 3,
     ) -> None:
         super().__init__()
         self.vit = unetr_vit(
             in_channels, img_size, patch_size, hidden_size, mlp_dim, num_layers, num_heads,
-            dropout_rate, qkv_bias, fused_attention,
+            dropout_rate, qkv_bias, fused_attention, spatial_dims,
         )  # fmt: skip
         # features of a frozen encoder vary in scale: normalise before the probe
         self.norm = nn.LayerNorm(hidden_size) if num_classes > 0 else nn.Identity()
