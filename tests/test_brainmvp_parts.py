@@ -15,7 +15,7 @@ from common.losses.brainmvp import (
 from common.masking.cross_modal import cross_modal_mask, cube_mask
 from common.networks.brainmvp import BrainMVP, build_backbone
 from common.networks.decoders import UpDecoder, linear_patch_head
-from common.networks.templates import ModalityTemplates
+from common.networks.templates import ModalityTemplates, translation_map
 from common.transforms.modality import RandCropWithBoxd, SampleModalityPaird
 
 
@@ -45,20 +45,40 @@ def test_cross_modal_mask_fills_from_the_other_modality_and_keeps_the_rest():
     assert torch.equal(y[mask], x_n[mask]) and torch.equal(y[~mask], x_m[~mask])
 
 
-def test_template_crop_matches_hand_indexing_and_gradients_stay_in_the_box():
+def test_template_sample_matches_hand_indexing_and_gradients_stay_in_the_box():
     t = ModalityTemplates(["t1", "t2", "flair"], (10, 12, 14))
     with torch.no_grad():
         t.templates.copy_(torch.randn_like(t.templates))
     idx, box = torch.tensor([2, 0]), torch.tensor([[1, 2, 3], [6, 7, 8]])
-    crop = t.crop(idx, box, (4, 5, 6))
+    crop = t.sample(idx, translation_map(box), (4, 5, 6))
     assert torch.equal(crop[0, 0], t.templates[2, 0, 1:5, 2:7, 3:9])
     assert torch.equal(crop[1, 0], t.templates[0, 0, 6:10, 7:12, 8:14])
     crop.sum().backward()
     grad = t.templates.grad
     assert grad[2, 0, 1:5, 2:7, 3:9].eq(1).all() and grad[0, 0, 6:10, 7:12, 8:14].eq(1).all()
     assert grad.sum() == 2 * 4 * 5 * 6 and grad[1].abs().sum() == 0
-    with pytest.raises(ValueError, match="leave the template canvas"):
-        t.crop(idx, torch.tensor([[8, 0, 0], [0, 0, 0]]), (4, 5, 6))
+    # a box reaching past the canvas (low side and high side): the template is 0 there, the image's padding value
+    out = t.sample(idx, translation_map(torch.tensor([[-2, 0, 0], [8, 0, 0]])), (4, 5, 6))
+    assert out[0, 0, :2].abs().sum() == 0 and torch.equal(out[0, 0, 2:], t.templates[2, 0, 0:2, 0:5, 0:6])
+    assert torch.equal(out[1, 0, :2], t.templates[0, 0, 8:10, 0:5, 0:6]) and out[1, 0, 2:].abs().sum() == 0
+
+
+def test_template_sample_follows_flips_permutations_and_resizes_by_hand():
+    t = ModalityTemplates(["t1"], (4, 5, 6))
+    with torch.no_grad():
+        t.templates.copy_(torch.arange(120.0).reshape(1, 1, 4, 5, 6))
+    flip_permute = torch.tensor([[[0, 0, -1, 3], [1, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 1]]], dtype=torch.float64)
+    got = t.sample(torch.tensor([0]), flip_permute, (5, 2, 4))[0, 0]
+    # crop voxel (i, j, k) -> canvas (3 - k, i, j + 1): canvas value (3 - k) * 30 + i * 6 + (j + 1)
+    i, j, k = torch.meshgrid(torch.arange(5), torch.arange(2), torch.arange(4), indexing="ij")
+    assert torch.equal(got, ((3 - k) * 30 + i * 6 + j + 1).float())
+    half = torch.diag(torch.tensor([0.5, 1.0, 1.0, 1.0], dtype=torch.float64))[None]
+    half[0, 0, 3] = 0.25  # crop voxel i -> canvas 0.5 i + 0.25: a linear blend of two canvas slices
+    got = t.sample(torch.tensor([0]), half, (3, 5, 6))[0, 0]
+    assert torch.allclose(got[1], 0.25 * t.templates[0, 0, 0] + 0.75 * t.templates[0, 0, 1])
+    beyond = half.clone()
+    beyond[0, 0, 3] = -1.0  # crop voxel 0 sits a whole canvas voxel before the canvas: padding, 0
+    assert t.sample(torch.tensor([0]), beyond, (3, 5, 6))[0, 0, 0].abs().sum() == 0
 
 
 def test_reconstruction_losses_are_mean_squared_error():
@@ -144,13 +164,14 @@ def test_brainmvp_forward_losses_and_template_gradient():
     torch.manual_seed(0)
     net = BrainMVP(build_backbone("unet3d", "tiny"), ["t1", "t2", "flair"], (40, 40, 40))
     image = torch.rand(2, 2, 32, 32, 32)
-    out = net(image, torch.tensor([[0, 1], [2, 0]]), torch.tensor([[0, 0, 0], [8, 8, 8]]), use_contrastive=True)
+    maps = translation_map(torch.tensor([[0, 0, 0], [8, 8, 8]]))
+    out = net(image, torch.tensor([[0, 1], [2, 0]]), maps, use_contrastive=True)
     assert {"loss_cmr", "loss_md", "loss_cl"} <= set(out) and out["pred"].shape == (2, 1, 32, 32, 32)
     (out["loss_cmr"] + out["loss_md"] + out["loss_cl"]).backward()
     g = net.templates.templates.grad
     assert g[0].abs().sum() > 0 and g[2].abs().sum() > 0 and g[1].abs().sum() == 0  # only the drawn X_im modalities
     assert "loss_cl" not in net(
-        image, torch.tensor([[0, 1], [2, 0]]), torch.tensor([[0, 0, 0], [8, 8, 8]]), use_contrastive=False
+        image, torch.tensor([[0, 1], [2, 0]]), maps, use_contrastive=False
     )
 
 

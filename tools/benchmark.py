@@ -134,6 +134,7 @@ def _brainmvp(backbone: str, layout: str = "collection") -> Callable[..., Case]:
     def build(shape: str, batch: int | None = None, edge: int | None = None, channels_last: bool = False) -> Case:
         from common.masking.cross_modal import cross_modal_mask, cube_mask
         from common.networks.brainmvp import BrainMVP, build_backbone
+        from common.networks.templates import translation_map
 
         paper = shape == "paper"
         b, e = batch or (1 if paper else 2), edge or (96 if paper else 32)
@@ -148,14 +149,14 @@ def _brainmvp(backbone: str, layout: str = "collection") -> Callable[..., Case]:
         )
 
         def step() -> None:
-            out = net(image, index, box, use_contrastive=True)
+            out = net(image, index, translation_map(box), use_contrastive=True)
             loss = out["loss_cmr"] + out["loss_md"] + out["loss_cl"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
         def masking() -> None:
-            t = net.templates.crop(index[:, 0], box, (e, e, e))
+            t = net.templates.sample(index[:, :1], translation_map(box), (e, e, e))
             cross_modal_mask(image[:, :1], image[:, 1:], cube_mask((e, e, e), b))
             cross_modal_mask(image[:, :1], t, cube_mask((e, e, e), b))
 
@@ -214,6 +215,7 @@ def _template_step(
     and the consistency of their deepest encoder features."""
     from common.engines.template_trainer import consistency_loss
     from common.masking.template_replace import template_copies
+    from common.networks.templates import translation_map
 
     b, c, *roi = x.shape
     available = torch.ones(c, dtype=torch.bool)
@@ -221,15 +223,15 @@ def _template_step(
 
     def masking() -> tuple:
         with torch.no_grad():
-            rows = [templates.crop(torch.full((b,), ch, dtype=torch.long), box, roi) for ch in range(c)]
-            return template_copies(x, torch.cat(rows, dim=1), available)
+            rows = templates.sample(torch.arange(c).expand(b, c), translation_map(box), roi)
+            return template_copies(x, rows, available)
 
     def step() -> None:
         x1, x2 = masking()
-        feats1, feats2 = net.encode(x1), net.encode(x2)
-        pred1, pred2 = net.decode(feats1), net.decode(feats2)
+        pred, feats = net(torch.cat([x1, x2]), return_features=True)  # as the trainer: one call for both copies
+        (pred1, pred2), (feats1, feats2) = pred.chunk(2), feats.chunk(2)
         loss = loss_fn(pred1, y).mean() + loss_fn(pred2, y).mean()
-        loss = loss + lambda_cons * consistency_loss(feats1[-1], feats2[-1])  # Eq. 8
+        loss = loss + lambda_cons * consistency_loss(feats1, feats2)  # Eq. 8
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

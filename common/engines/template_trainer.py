@@ -19,7 +19,6 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-from common.engines.trainer import unwrap
 from common.masking.template_replace import template_copies
 from common.networks.templates import ModalityTemplates
 
@@ -35,8 +34,11 @@ def consistency_loss(features_a: torch.Tensor, features_b: torch.Tensor) -> torc
 class TemplateConsistencyTrainer(SupervisedTrainer):
     """``SupervisedTrainer`` + template-replacement copies + consistency loss.
 
-    The network must expose ``encode(x) -> list of features`` and ``decode(features) -> output`` (our
-    UniFormer3D, UNet3D and EncoderClassifier do). The loss is
+    The network's ``forward(x, return_features=True)`` must return its output and its deepest encoder feature (our
+    UniFormer3D, UNet3D and EncoderClassifier do). Both copies go through ONE call of ``engine.network`` on their
+    concatenation, so under ``DistributedDataParallel`` the loss's gradients are all-reduced like any other
+    step's (calling the wrapped module's methods directly would leave every rank training on its own gradients);
+    batch-norm layers therefore see both copies in one batch. The loss is
     ``L_sl(F(X'), Y) + L_sl(F(X''), Y) + lambda_cons * L_cons`` (Eq. 8), each term averaged over the batch.
 
     Args:
@@ -45,8 +47,9 @@ class TemplateConsistencyTrainer(SupervisedTrainer):
         template_modalities: the channels whose modality has a template (from ``load_templates``).
         modalities: the input channel names.
         lambda_cons: weight of Eq. 7 (paper: 0.1).
-        box_key: batch key of the crop corners on the template canvas; without it (or when a crop box leaves
-            the canvas) templates are resized to the crop.
+        map_key: batch key of each crop's canvas map (``common.transforms.modality.CanvasMapd``): which canvas voxel
+            each crop voxel came from, through every crop, pad, flip and resize; required for registered templates
+            (crop-sized templates of unregistered data are resized to the crop instead).
         cube, mask_ratio: Algorithm 1 settings for uni-modal inputs.
         other args: as ``SupervisedTrainer``.
     """
@@ -58,7 +61,7 @@ class TemplateConsistencyTrainer(SupervisedTrainer):
         template_modalities: Sequence[str] = (),
         modalities: Sequence[str] = (),
         lambda_cons: float = 0.1,
-        box_key: str = "box_start",
+        map_key: str = "canvas_map",
         cube: int = 8,
         mask_ratio: float = 0.875,
         **kwargs: Any,
@@ -66,31 +69,21 @@ class TemplateConsistencyTrainer(SupervisedTrainer):
         super().__init__(*args, **kwargs)
         self.templates = templates
         self.available = torch.tensor([m in set(template_modalities) for m in modalities], dtype=torch.bool)
-        self.lambda_cons, self.box_key, self.cube, self.mask_ratio = lambda_cons, box_key, cube, mask_ratio
+        self.lambda_cons, self.map_key, self.cube, self.mask_ratio = lambda_cons, map_key, cube, mask_ratio
         if templates is None:
             logger.info("template augmentation off: plain supervised fine-tuning")
 
     def _template_batch(self, x: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Templates of every channel, cut at each sample's crop box or resized to the crop: ``[B, C, *roi]``."""
-        t = self.templates.to(x.device)
+        """The template of every channel on each sample's crop grid: ``[B, C, *roi]``."""
         b, c, *roi = x.shape
-        box = batch.get(self.box_key)
-        canvas = torch.tensor(t.canvas)
-        fits = box is not None and bool(((box.cpu() + torch.tensor(roi)) <= canvas).all())
-        if fits:
-            rows = [
-                t.crop(torch.full((b,), ch, dtype=torch.long, device=x.device), box.to(x.device), roi)
-                for ch in range(c)
-            ]
-            return torch.cat(rows, dim=1)
-        resized = F.interpolate(t.templates[:, 0][None], size=roi, mode="trilinear", align_corners=False)
-        return resized.expand(b, -1, *roi)
+        canvas_map = batch.get(self.map_key)
+        index = torch.arange(c, device=x.device).expand(b, c)
+        return self.templates.to(x.device).sample(index, None if canvas_map is None else canvas_map.to(x.device), roi)
 
     def _iteration(self, engine: TemplateConsistencyTrainer, batchdata: dict[str, Any]) -> dict:
         if self.templates is None:
             return super()._iteration(engine, batchdata)
         x, y = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
-        net = unwrap(engine.network)
         engine.network.train()
         with torch.no_grad():
             x1, x2 = template_copies(x, self._template_batch(x, batchdata), self.available, self.cube, self.mask_ratio)
@@ -98,12 +91,13 @@ class TemplateConsistencyTrainer(SupervisedTrainer):
         # as SupervisedTrainer: with amp, CUDA autocast with amp_kwargs (the bundles pass bfloat16) and its scaler
         use_amp = engine.amp and engine.scaler is not None
         with torch.autocast("cuda", **engine.amp_kwargs) if use_amp else contextlib.nullcontext():
-            feats1, feats2 = net.encode(x1), net.encode(x2)
-            pred1, pred2 = net.decode(feats1), net.decode(feats2)
+            pred, feats = engine.network(torch.cat([x1, x2]), return_features=True)  # one DDP call: synced grads
+            pred1, pred2 = pred.chunk(2)
+            feats1, feats2 = feats.chunk(2)  # deepest encoder features of X', X''
             engine.state.output[Keys.PRED] = pred1
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             supervised = engine.loss_function(pred1, y).mean() + engine.loss_function(pred2, y).mean()
-            cons = consistency_loss(feats1[-1], feats2[-1])
+            cons = consistency_loss(feats1, feats2)
             loss = supervised + self.lambda_cons * cons  # L_FT  # Eq. 8
         if not torch.isfinite(loss):
             raise FloatingPointError(

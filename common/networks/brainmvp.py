@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from common.losses.brainmvp import cross_modal_reconstruction_loss, distillation_loss, modality_contrastive_loss
 from common.masking.cross_modal import cross_modal_mask, cube_mask
-from common.networks.templates import ModalityTemplates
+from common.networks.templates import ModalityTemplates, translation_map
 
 __all__ = ["BrainMVP", "BrainMVPInputs", "build_backbone", "EncoderClassifier", "load_templates"]
 
@@ -28,13 +28,15 @@ class BrainMVP(nn.Module):
         backbone: an encoder-decoder with ``encode``, ``pool`` and a ``decoder`` (see ``common.networks``); its
             ``encoder.*`` keys are what downstream bundles load.
         modalities: every modality name of the data, in template order.
-        template_canvas: template shape: the registered volume (crops taken at each sample's box) or the crop.
+        template_canvas: template shape: the registered volume grid, or the crop for unregistered data.
+        registered: the canvas is the registered volume grid (each crop reads its own place through its canvas map);
+            ``False`` for crop-sized templates of unregistered data.
         cube: cube edge r.
         mask_ratio: p*.
         temperature: InfoNCE temperature tau.
 
-    ``forward(image, modality_index, box_start, use_contrastive)`` takes ``image`` ``[B, 2, *roi]`` (channel 0:
-    X_im, channel 1: X_in) and returns the reconstructions, the masked inputs and ``loss_cmr``, ``loss_md`` and,
+    ``forward(image, modality_index, canvas_map, use_contrastive)`` takes ``image`` ``[B, 2, *roi]`` (channel 0:
+    X_im, channel 1: X_in) and each crop's canvas map (``common.transforms.modality.CanvasMapd``), and returns the reconstructions, the masked inputs and ``loss_cmr``, ``loss_md`` and,
     when ``use_contrastive``, ``loss_cl``; the trainer weights them by ``lambda_MD`` and ``lambda_CL`` (Eq. 6).
     """
 
@@ -43,13 +45,14 @@ class BrainMVP(nn.Module):
         backbone: nn.Module,
         modalities: Sequence[str],
         template_canvas: Sequence[int],
+        registered: bool = True,
         cube: int = 8,
         mask_ratio: float = 0.875,
         temperature: float = 0.1,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.templates = ModalityTemplates(modalities, template_canvas)
+        self.templates = ModalityTemplates(modalities, template_canvas, registered)
         self.cube, self.mask_ratio, self.temperature = cube, mask_ratio, temperature
 
     @property
@@ -65,12 +68,12 @@ class BrainMVP(nn.Module):
         self,
         image: torch.Tensor,
         modality_index: torch.Tensor,
-        box_start: torch.Tensor | None = None,
+        canvas_map: torch.Tensor | None = None,
         use_contrastive: bool = True,
     ) -> dict[str, torch.Tensor]:
         x_m, x_n = image[:, :1], image[:, 1:2]  # [B, 1, *roi] each
         roi = x_m.shape[2:]
-        t_m = self.templates.crop(modality_index[:, 0], box_start, roi)  # [B, 1, *roi]
+        t_m = self.templates.sample(modality_index[:, :1], canvas_map, roi)  # [B, 1, *roi]: T_m where X_im lies
         x_cmr = cross_modal_mask(x_m, x_n, cube_mask(roi, x_m.shape[0], self.cube, self.mask_ratio, device=x_m.device))
         x_md = cross_modal_mask(x_m, t_m, cube_mask(roi, x_m.shape[0], self.cube, self.mask_ratio, device=x_m.device))
         pred_cmr, f = self.forward_view(x_cmr)
@@ -90,17 +93,20 @@ class BrainMVP(nn.Module):
 
 
 class BrainMVPInputs:
-    """``network_kwargs`` for ``SelfSupervisedTrainer``: moves the sample's modality indices and crop boxes to the
-    device and switches the contrastive term on from ``cl_start_epoch`` (paper: epoch 1000 of 1500)."""
+    """``network_kwargs`` for ``SelfSupervisedTrainer``: moves the sample's modality indices and canvas maps (or, from
+    older pipelines, crop boxes) to the device and switches the contrastive term on from ``cl_start_epoch`` (paper: epoch 1000 of 1500)."""
 
     def __init__(self, cl_start_epoch: int = 1) -> None:
         self.cl_start_epoch = cl_start_epoch
 
     def __call__(self, batch: dict, engine: Any) -> dict[str, Any]:
         device = engine.state.device
+        canvas_map = batch.get("canvas_map")
+        if canvas_map is None and "box_start" in batch:
+            canvas_map = translation_map(batch["box_start"])
         return {
             "modality_index": batch["modality_index"].to(device),
-            "box_start": batch["box_start"].to(device) if "box_start" in batch else None,
+            "canvas_map": None if canvas_map is None else torch.as_tensor(canvas_map).to(device),
             "use_contrastive": engine.state.epoch >= self.cl_start_epoch,
         }
 
@@ -166,8 +172,11 @@ class EncoderClassifier(nn.Module):
     def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.head(features[-1].mean(dim=(2, 3, 4)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits, or with ``return_features`` also the deepest encoder feature map (see ``EncoderDecoder.forward``)."""
+        features = self.encode(x)
+        out = self.decode(features)
+        return (out, features[-1]) if return_features else out
 
 
 def _in_channels(encoder: nn.Module) -> int:
@@ -201,7 +210,8 @@ def load_templates(path: str | None, modalities: Sequence[str]) -> tuple[Modalit
     if not found:
         log.info(f"templates in {path} cover {names}, none of {list(modalities)}: template augmentation is off")
         return None, []
-    frozen = ModalityTemplates(modalities, source.shape[2:])
+    registered = bool(state["templates._extra_state"].get("registered", True))
+    frozen = ModalityTemplates(modalities, source.shape[2:], registered)
     with torch.no_grad():
         for i, m in enumerate(modalities):
             if m in names:

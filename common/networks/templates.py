@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-__all__ = ["ModalityTemplates"]
+__all__ = ["ModalityTemplates", "translation_map"]
+
+
+def translation_map(box_start: torch.Tensor) -> torch.Tensor:
+    """Canvas maps ``[B, 4, 4]`` of crops cut at ``box_start`` ``[B, 3]`` with no flip, permutation or resampling."""
+    m = torch.eye(4, dtype=torch.float64, device=box_start.device).repeat(box_start.shape[0], 1, 1)
+    m[:, :3, 3] = box_start.to(torch.float64)
+    return m
 
 
 class ModalityTemplates(nn.Module):
@@ -20,61 +29,89 @@ class ModalityTemplates(nn.Module):
 
     Args:
         modalities: modality names, in index order (the ``modality_index`` of a sample refers to this list).
-        canvas: template shape ``(D, H, W)``: the full registered volume (e.g. 240 x 240 x 155), where crops are
-            taken at each sample's own box, or the crop size for unregistered data (box ignored).
+        canvas: template shape ``(D, H, W)``: the registered volume grid (e.g. 240 x 240 x 155), on which every
+            crop's voxels are found through its canvas map, or the crop size for unregistered data.
+        registered: ``True`` when ``canvas`` is the registered volume grid; ``False`` for crop-sized templates of
+            unregistered data, which have no position to look up (they are used whole, or resized to another crop).
+
+    Which canvas voxel feeds which crop voxel is given by a *canvas map*: the ``4 x 4`` matrix taking a crop voxel
+    index ``(i, j, k, 1)`` to its (possibly fractional) voxel index on the canvas, i.e.
+    ``inverse(canvas affine) @ crop affine`` of MONAI's MetaTensors (``common.transforms.modality.CanvasMapd``).
+    It carries every crop, pad, flip, axis permutation and resize applied since the canvas grid, so a template voxel
+    always comes from the canvas position of the image voxel it replaces; where a crop voxel lies outside the
+    canvas (the image was padded there) the template is 0, the padding value of the normalised images.
 
     Example::
 
         >>> t = ModalityTemplates(["t1", "t2"], (8, 8, 8))
-        >>> t.crop(torch.tensor([1, 0]), torch.tensor([[0, 0, 0], [4, 4, 4]]), (4, 4, 4)).shape
+        >>> t.sample(torch.tensor([[1], [0]]), translation_map(torch.tensor([[0, 0, 0], [4, 4, 4]])), (4, 4, 4)).shape
         torch.Size([2, 1, 4, 4, 4])
     """
 
-    def __init__(self, modalities: Sequence[str], canvas: Sequence[int]) -> None:
+    def __init__(self, modalities: Sequence[str], canvas: Sequence[int], registered: bool = True) -> None:
         super().__init__()
         self.modalities = list(modalities)
         self.canvas = tuple(int(c) for c in canvas)
+        self.registered = bool(registered)
         self.templates = nn.Parameter(torch.zeros(len(self.modalities), 1, *self.canvas))  # zero-initialised (3.2)
 
     def get_extra_state(self) -> dict:
-        return {"modalities": self.modalities, "canvas": list(self.canvas)}
+        return {"modalities": self.modalities, "canvas": list(self.canvas), "registered": self.registered}
 
     def set_extra_state(self, state: dict) -> None:
         if list(state["modalities"]) != self.modalities:
             raise ValueError(
                 f"template modalities differ: checkpoint {state['modalities']} vs network {self.modalities}"
             )
+        self.registered = bool(state.get("registered", True))  # checkpoints before 0.4.0: canvas templates
 
-    def crop(self, modality_index: torch.Tensor, box_start: torch.Tensor | None, size: Sequence[int]) -> torch.Tensor:
-        """Each sample's template patch ``[B, 1, *size]`` at its crop box (gradients reach only those voxels).
+    def sample(
+        self, modality_index: torch.Tensor, canvas_map: torch.Tensor | None, size: Sequence[int]
+    ) -> torch.Tensor:
+        """Each sample's templates on its crop grid: ``[B, K, *size]`` (gradients reach only the voxels used).
 
         Args:
-            modality_index: ``LongTensor[B]`` template per sample.
-            box_start: ``LongTensor[B, 3]`` crop corners on the canvas (``None``: the canvas is the crop).
-            size: crop size.
+            modality_index: ``LongTensor[B, K]`` (or ``[B]``, then ``K = 1``): the templates each sample needs.
+            canvas_map: ``[B, 4, 4]`` crop-voxel -> canvas-voxel maps (see the class docstring); ``None`` only for
+                unregistered templates or when the canvas is the crop.
+            size: the crop's spatial shape.
         """
         size = tuple(int(s) for s in size)
-        chosen = self.templates[modality_index]  # [B, 1, *canvas]
-        if size == self.canvas:
-            return chosen
-        if box_start is None:
-            raise ValueError(f"templates of canvas {self.canvas} need each sample's crop box for crops of {size}")
-        start = box_start.to(chosen.device).long()
-        if (start < 0).any() or (
-            start + torch.tensor(size, device=start.device) > torch.tensor(self.canvas, device=start.device)
-        ).any():
-            raise ValueError(
-                f"crop boxes {start.tolist()} of size {size} leave the template canvas {self.canvas}: "
-                "set template_canvas to the registered volume shape, or to the crop size for unregistered data"
-            )
-        # gather by advanced indexing: one index grid per spatial dim, offset per sample
-        b = modality_index.shape[0]
-        ar = [torch.arange(s, device=chosen.device) for s in size]
-        idx_d = (start[:, 0, None] + ar[0])[:, :, None, None]
-        idx_h = (start[:, 1, None] + ar[1])[:, None, :, None]
-        idx_w = (start[:, 2, None] + ar[2])[:, None, None, :]
-        batch = torch.arange(b, device=chosen.device)[:, None, None, None]
-        return chosen[:, 0][batch, idx_d, idx_h, idx_w].unsqueeze(1)
+        index = modality_index[:, None] if modality_index.ndim == 1 else modality_index  # [B, K]
+        if not self.registered or canvas_map is None:
+            if self.registered and size != self.canvas:
+                raise ValueError(
+                    f"templates of canvas {self.canvas} need each crop's canvas map for crops of {size}: end the "
+                    "training transforms with common.transforms.modality.CanvasMapd (RecordCanvasd after Spacingd)"
+                )
+            chosen = self.templates[:, 0][index]  # [B, K, *canvas]
+            # unregistered: no position to look up; the whole template stands for the crop
+            return chosen if size == self.canvas else F.interpolate(chosen, size=size, mode="trilinear")
+        b, n = index.shape[0], math.prod(size)
+        grid = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float64) for s in size], indexing="ij"), -1)
+        grid = torch.cat([grid.reshape(n, 3), torch.ones(n, 1, dtype=torch.float64)], 1)
+        points = (canvas_map.to(torch.float64).cpu() @ grid.T)[:, :3]  # [B, 3, N]: canvas voxel of each crop voxel
+        points = points.to(self.templates.device)
+        canvas = torch.tensor(self.canvas, device=points.device)[None, :, None]  # [1, 3, 1]
+        if torch.allclose(points, points.round(), atol=1e-4):  # crops, pads, flips, permutations: exact lookup
+            p = points.round().long()
+            inside = ((p >= 0) & (p < canvas)).all(1)  # [B, N]
+            d, h, w = (p[:, i].clamp(0, self.canvas[i] - 1) for i in range(3))
+            flat = (d * self.canvas[1] + h) * self.canvas[2] + w  # [B, N]
+            table = self.templates.reshape(len(self.modalities), -1)  # [M, V]
+            values = table[index[:, :, None], flat[:, None, :]] * inside[:, None].to(table.dtype)  # [B, K, N]
+        else:  # resized / resampled crops: trilinear interpolation on the canvas
+            # within half a voxel of the canvas the edge value holds (as F.interpolate, i.e. MONAI's Resize, does);
+            # beyond that the image was padded and the template is 0
+            inside = ((points >= -0.5) & (points <= canvas - 0.5)).all(1)  # [B, N]
+            clamped = torch.minimum(points.clamp_min(0), canvas - 1)
+            norm = clamped / (canvas - 1).clamp_min(1) * 2 - 1  # [B, 3, N] in (d, h, w) order, align_corners=True
+            g = norm.flip(1).transpose(1, 2).reshape(b, 1, 1, n, 3).to(self.templates.dtype)  # grid_sample: (w, h, d)
+            every = self.templates[:, 0][None].expand(b, -1, *self.canvas)  # [B, M, *canvas], a view
+            sampled = F.grid_sample(every, g, mode="bilinear", padding_mode="border", align_corners=True)
+            values = sampled.reshape(b, -1, n).gather(1, index[:, :, None].expand(-1, -1, n))  # [B, K, N]
+            values = values * inside[:, None].to(values.dtype)
+        return values.reshape(b, index.shape[1], *size)
 
     def to_nifti(self, out_dir: str, affine=None) -> list[str]:
         """Write one NIfTI file per modality (``template_<name>.nii.gz``); returns the paths."""

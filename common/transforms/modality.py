@@ -14,7 +14,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, SpatialCrop
 from monai.utils import ensure_tuple_rep
 
-__all__ = ["SampleModalityPaird", "RandCropWithBoxd", "template_canvas", "BoxFromAffined"]
+__all__ = ["SampleModalityPaird", "RandCropWithBoxd", "template_canvas", "RecordCanvasd", "CanvasMapd"]
 
 
 class SampleModalityPaird(Randomizable, MapTransform):
@@ -123,44 +123,66 @@ class RandCropWithBoxd(Randomizable, MapTransform):
 
 
 def template_canvas(
-    canvas: Sequence[int] | str, entries: Sequence[dict], modalities: Sequence[str], roi_size: Sequence[int]
+    canvas: Sequence[int] | str,
+    entries: Sequence[dict],
+    modalities: Sequence[str],
+    roi_size: Sequence[int],
+    pixdim: Sequence[float] | None = None,
 ) -> list[int]:
     """The template canvas: given explicitly, ``"crop"`` (= ``roi_size``, for unregistered data), or ``"auto"``:
-    the grid of the first study's first image (header only), at least ``roi_size`` (volumes are end-padded)."""
+    the grid of the first study's first image after the pre-training geometry (``Orientation`` to RAS, then
+    ``Spacing`` to ``pixdim`` when given), at least ``roi_size`` (volumes are end-padded)."""
     if canvas == "crop":
         return list(roi_size)
     if canvas != "auto":
         return [int(c) for c in canvas]
-    import nibabel as nib
+    from monai.transforms import LoadImage, Orientation, Spacing
 
     for entry in entries:
         for m in modalities:
             if m in entry:
-                shape = nib.load(entry[m]).shape[:3]
-                return [max(int(s), int(r)) for s, r in zip(shape, roi_size)]
+                img = Orientation(axcodes="RAS", labels=None)(LoadImage(image_only=True, ensure_channel_first=True)(entry[m]))
+                if pixdim is not None and any(float(p) > 0 for p in pixdim):
+                    img = Spacing(pixdim=pixdim, mode="bilinear")(img)
+                return [max(int(s), int(r)) for s, r in zip(img.shape[1:4], roi_size)]
     raise ValueError(f"no image of {list(modalities)} in the datalist to size the template canvas from")
 
 
-class BoxFromAffined(MapTransform):
-    """Where a crop lies on the grid the image was loaded on: ``box_key`` = the corner of the crop closest to the
-    origin, in voxels of the original grid, from the MetaTensor's current and original affines.
+class RecordCanvasd(MapTransform):
+    """Remember the grid of the template canvas: ``meta["canvas_affine"]`` = the image's affine now.
 
-    For registered data the original grid is the template canvas, so downstream template crops (BrainMVP
-    appendix A) can be cut at the sample's position after any chain of MONAI crops, pads and flips.
+    Put it where the pipeline reaches the grid the templates were learnt on: after ``Orientationd`` (RAS) and
+    ``Spacingd``, before any crop, pad, flip or resize. :class:`CanvasMapd` later turns it into each crop's canvas map.
     """
 
-    def __init__(self, keys: KeysCollection, box_key: str = "box_start") -> None:
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key].meta["canvas_affine"] = torch.as_tensor(d[key].affine, dtype=torch.float64).clone()
+        return d
+
+
+class CanvasMapd(MapTransform):
+    """``map_key`` = the ``4 x 4`` map from a voxel index of the (cropped, padded, flipped, resized) image to its voxel
+    index on the canvas grid recorded by :class:`RecordCanvasd`: ``inverse(canvas affine) @ affine``.
+
+    MONAI's spatial transforms keep a MetaTensor's affine up to date, so the map carries every one of them;
+    :meth:`common.networks.templates.ModalityTemplates.sample` reads the templates through it. Put it last, after
+    every random spatial transform.
+    """
+
+    def __init__(self, keys: KeysCollection, map_key: str = "canvas_map") -> None:
         super().__init__(keys)
-        self.box_key = box_key
+        self.map_key = map_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         key = self.first_key(d)
         img = d[key]
-        original = torch.as_tensor(np.asarray(img.meta.get("original_affine", img.affine)), dtype=torch.float64)
-        size = torch.tensor(img.shape[1:], dtype=torch.float64) - 1
-        corners = torch.tensor([[i, j, k, 1.0] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=torch.float64)
-        corners[:, :3] *= size
-        in_original = torch.linalg.solve(original, img.affine.to(torch.float64) @ corners.T).T[:, :3]
-        d[self.box_key] = in_original.min(0).values.round().long()
+        if "canvas_affine" not in getattr(img, "meta", {}):
+            raise ValueError(
+                f"'{key}' has no recorded canvas grid: put RecordCanvasd after Orientationd/Spacingd in the pipeline"
+            )
+        canvas = torch.as_tensor(img.meta["canvas_affine"], dtype=torch.float64)
+        d[self.map_key] = torch.linalg.solve(canvas, torch.as_tensor(img.affine, dtype=torch.float64))
         return d
