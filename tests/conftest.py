@@ -51,6 +51,23 @@ def tiny_m2mae_ckpt(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_brainmvp_ckpt(tmp_path_factory) -> Path:
+    """A tiny brainmvp pre-training checkpoint (UniFormer-tiny, templates of all four BraTS contrasts on a 96^3
+    canvas, filled with uniform noise so that replaced channels differ from the images; seeded)."""
+    import torch
+
+    from common.networks.brainmvp import BrainMVP, build_backbone
+
+    torch.manual_seed(0)
+    net = BrainMVP(build_backbone("uniformer", "tiny"), ["t1", "t1ce", "t2", "flair"], (96, 96, 96))
+    with torch.no_grad():
+        net.templates.templates.uniform_(0, 1)
+    path = tmp_path_factory.mktemp("brainmvp_pretrained") / "model.pt"
+    torch.save(net.state_dict(), path)
+    return path
+
+
 def run_dirs(ckpt_dir: Path, output_dir: Path) -> list[str]:
     """The ``--ckpt_dir`` / ``--output_dir`` overrides of a bundle run: where it reads and writes checkpoints and
     where its logs, metrics and predictions go."""

@@ -67,7 +67,8 @@ def test_resume_keeps_the_templates(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_multi_gpu_config_runs_ddp_on_two_cpu_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("MMPT_CACHE_DIR", str(tmp_path / "cache"))
-    run_bundle([TRAIN, MULTI_GPU], *tiny(tmp_path, 1), "--batch_size", "1", torchrun=2)
+    proc = run_bundle([TRAIN, MULTI_GPU], *tiny(tmp_path, 1), "--batch_size", "1", torchrun=2)
+    assert "DDP replicas identical after iteration" in proc.stdout + proc.stderr  # SelfSupervisedTrainer, templates
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state) and "templates.templates" in state
 

@@ -21,14 +21,8 @@ TINY = ["--backbone_size", "tiny", "--roi_size", "[32,32,32]", "--num_workers", 
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    net = BrainMVP(build_backbone("uniformer", "tiny"), ["t1", "t1ce", "t2", "flair"], (96, 96, 96))
-    with torch.no_grad():
-        net.templates.templates.uniform_(0, 1)
-    path = tmp_path_factory.mktemp("brainmvp") / "model.pt"
-    torch.save(net.state_dict(), path)
-    return path
+def pretrained(tiny_brainmvp_ckpt) -> Path:
+    return tiny_brainmvp_ckpt
 
 
 @pytest.fixture(scope="module")

@@ -99,6 +99,8 @@ def test_multi_gpu_config_runs_ddp_on_two_cpu_processes(tmp_path, demo_dataset):
     assert not any(k.startswith("module.") for k in state)  # DDP unwrapped before saving
     # only rank 0 logs: every iteration line appears once per iteration, not twice
     assert log.count("Epoch: 1/1, Iter: 1/") == 1
+    # generator and discriminator replicas compared across the two ranks (common.engines.ddp.ReplicaCheck)
+    assert "tensors of 'network' on 2 ranks" in log and "tensors of 'discriminator' on 2 ranks" in log
 
 
 @pytest.mark.slow

@@ -208,7 +208,7 @@ def test_fine_tuning_updates_the_encoder(tmp_path, data_args, tiny_m2mae_ckpt):
 def test_multi_gpu_fine_tuning_runs_ddp_on_two_cpu_processes(tmp_path, data_args, tiny_m2mae_ckpt):
     """Fine-tuning under DDP: MONAI's ViT blocks hold an unused cross-attention norm, so DDP must allow unused
     parameters; checkpoints are saved unwrapped (no ``module.``)."""
-    run_bundle(
+    proc = run_bundle(
         [TRAIN, MULTI_GPU],
         *TINY,
         *data_args,
@@ -223,6 +223,7 @@ def test_multi_gpu_fine_tuning_runs_ddp_on_two_cpu_processes(tmp_path, data_args
         *run_dirs(tmp_path / "models", tmp_path / "logs"),
         torchrun=2,
     )
+    assert "DDP replicas identical after iteration" in proc.stdout + proc.stderr  # SupervisedTrainer under DDP
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert "head.weight" in state and not any(k.startswith("module.") for k in state)
     assert not _encoder_unchanged(

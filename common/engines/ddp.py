@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import logging
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -20,6 +22,7 @@ from ignite.engine import Engine, Events
 from common.engines.trainer import unwrap
 
 __all__ = ["ReplicaCheck", "parameter_fingerprint"]
+logger = logging.getLogger(__name__)
 
 
 def parameter_fingerprint(module: nn.Module) -> tuple[list[str], torch.Tensor]:
@@ -68,3 +71,8 @@ class ReplicaCheck:
                         f"'{label}' on rank {rank} differ from rank 0 (first: {first}). A forward that produces a "
                         "loss bypassed the DistributedDataParallel wrapper, so its gradients were not synchronised."
                     )
+            if dist.get_rank() == 0:
+                logger.info(
+                    f"DDP replicas identical after iteration {engine.state.iteration}: {len(names)} tensors of '{label}' "
+                    f"on {dist.get_world_size()} ranks"
+                )
