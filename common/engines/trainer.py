@@ -21,12 +21,33 @@ from torch.nn.parallel import DistributedDataParallel
 
 from common.losses.adversarial import discriminator_loss, generator_adversarial_loss
 
-__all__ = ["SelfSupervisedTrainer", "unwrap", "scalar_terms"]
+__all__ = ["SelfSupervisedTrainer", "unwrap", "scalar_terms", "term_gradient_norms"]
 
 
 def unwrap(module: nn.Module) -> nn.Module:
     """The module inside ``DataParallel`` / ``DistributedDataParallel``, or the module itself."""
     return module.module if isinstance(module, (nn.DataParallel, DistributedDataParallel)) else module
+
+
+def term_gradient_norms(
+    weighted_terms: Mapping[str, torch.Tensor], parameters: Sequence[torch.Tensor]
+) -> dict[str, float]:
+    """L2 norm of the gradient each weighted loss term alone sends to ``parameters`` (``grad_norm_<term>``).
+
+    The terms of a multi-loss objective live on unrelated scales (a summed 768 x 768 Barlow Twins matrix vs a mean
+    squared error); what decides which one trains the network is its share of the gradient, not its value. One
+    extra backward pass per term, keeping the graph for the real backward that follows.
+    """
+    params = [p for p in parameters if p.requires_grad]
+    norms = {}
+    for name, term in weighted_terms.items():
+        if not term.requires_grad:  # e.g. a term switched off by its weight's epoch gate
+            norms[f"grad_norm_{name.removeprefix('loss_')}"] = 0.0
+            continue
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        total = sum(float(g.detach().float().pow(2).sum()) for g in grads if g is not None)
+        norms[f"grad_norm_{name.removeprefix('loss_')}"] = total**0.5
+    return norms
 
 
 def _logits(d_out: Any) -> torch.Tensor:
@@ -61,6 +82,8 @@ class SelfSupervisedTrainer(Trainer):
         pred_key: key of the reconstruction in the network output (the discriminator's fake input).
         network_kwargs: callable ``(batch, engine) -> dict`` of extra keyword arguments for the network.
         amp: bfloat16 autocast (no grad scaler needed).
+        grad_norm_interval: every this many iterations (and at the first), the gradient norm each weighted term
+            alone sends to the network is logged as ``grad_norm_<term>`` (one extra backward per term); 0: never.
         epoch_length, non_blocking, prepare_batch, iteration_update, postprocessing, key_train_metric,
         additional_metrics, metric_cmp_fn, train_handlers, decollate, to_kwargs: as in ``monai.engines.Trainer``.
     """
@@ -80,6 +103,7 @@ class SelfSupervisedTrainer(Trainer):
         pred_key: str = "pred",
         network_kwargs: Callable[[dict, Any], dict] | None = None,
         amp: bool = False,
+        grad_norm_interval: int = 0,
         epoch_length: int | None = None,
         non_blocking: bool = False,
         prepare_batch: Callable = default_prepare_batch,
@@ -124,6 +148,7 @@ class SelfSupervisedTrainer(Trainer):
         self.pred_key = pred_key
         self.network_kwargs = network_kwargs
         self.use_amp = amp
+        self.grad_norm_interval = grad_norm_interval
 
     def _autocast(self) -> torch.autocast:
         device_type = torch.device(self.state.device).type
@@ -156,8 +181,12 @@ class SelfSupervisedTrainer(Trainer):
                     _logits(d_plain(out[self.pred_key])).float(), self.non_saturating
                 )
                 d_plain.requires_grad_(True)
-            loss = sum(self.loss_weights.get(k, 1.0) * v for k, v in terms.items())
+            weighted = {k: self.loss_weights.get(k, 1.0) * v for k, v in terms.items()}
+            loss = sum(weighted.values())
         self._check_finite({"loss": loss, **terms})
+        it = engine.state.iteration
+        log_norms = self.grad_norm_interval > 0 and (it == 1 or it % self.grad_norm_interval == 0)
+        norms = term_gradient_norms(weighted, list(unwrap(self.network).parameters())) if log_norms else {}
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -165,7 +194,7 @@ class SelfSupervisedTrainer(Trainer):
         self.optimizer.step()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
 
-        result = {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+        result = {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}, **norms}
         if self.discriminator is not None:
             fake = out[self.pred_key].detach()
             with self._autocast():
@@ -182,5 +211,6 @@ class SelfSupervisedTrainer(Trainer):
 
 
 def scalar_terms(output: Mapping[str, Any]) -> dict[str, float]:
-    """The scalar entries of a trainer output (``loss`` and every ``loss_*``), for the stats handlers."""
-    return {k: v for k, v in output.items() if k == "loss" or k.startswith("loss_")}
+    """The scalar entries of a trainer output (``loss``, every ``loss_*`` and ``grad_norm_*``), for the stats
+    handlers."""
+    return {k: v for k, v in output.items() if k == "loss" or k.startswith(("loss_", "grad_norm_"))}

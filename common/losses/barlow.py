@@ -34,8 +34,11 @@ def cross_correlation(z: torch.Tensor, z_m: torch.Tensor, center: bool = True, e
     return (z.T @ z_m) / norm
 
 
+NORMALISATIONS = ("none", "width", "matrix")
+
+
 def barlow_twins_loss(
-    z: torch.Tensor, z_m: torch.Tensor, redundancy_weight: float = 1.0, center: bool = True
+    z: torch.Tensor, z_m: torch.Tensor, redundancy_weight: float = 1.0, center: bool = True, normalize: str = "none"
 ) -> torch.Tensor:
     """Barlow Twins loss at one level: invariance plus redundancy reduction.
 
@@ -44,12 +47,20 @@ def barlow_twins_loss(
         z_m: ``[N, D]`` embedding of the masked input.
         redundancy_weight: weight of the off-diagonal term; Eq. 5 uses 1, Barlow Twins' paper 5e-3.
         center: see :func:`cross_correlation`.
+        normalize: ``"none"``: Eq. 5 as written, a sum over the ``D x D`` matrix (~1e5 for ViT-B's D = 768 at
+            the start, against a mean squared error of ~1); ``"width"``: divided by D; ``"matrix"``: divided by
+            D^2, the mean over the matrix. Dividing keeps Eq. 5's minimiser and the balance of its two terms and
+            changes only its scale next to the other losses of Eq. 9.
     """
+    if normalize not in NORMALISATIONS:
+        raise ValueError(f"normalize must be one of {NORMALISATIONS}, got {normalize!r}")
     c = cross_correlation(z, z_m, center=center)
     on_diag = torch.diagonal(c)
     off_diag = c - torch.diag_embed(on_diag)
     # L^l = sum_i (1 - C_ii)^2 + sum_i sum_{j != i} C_ij^2  # Eq. 5
-    return (1 - on_diag).pow(2).sum() + redundancy_weight * off_diag.pow(2).sum()
+    loss = (1 - on_diag).pow(2).sum() + redundancy_weight * off_diag.pow(2).sum()
+    width = c.shape[0]
+    return loss / {"none": 1, "width": width, "matrix": width * width}[normalize]
 
 
 def pyramid_barlow_loss(
@@ -57,6 +68,7 @@ def pyramid_barlow_loss(
     masked_features: Sequence[torch.Tensor],
     redundancy_weight: float = 1.0,
     center: bool = True,
+    normalize: str = "none",
 ) -> torch.Tensor:
     """Sum of the Barlow Twins losses over encoder levels.
 
@@ -65,6 +77,7 @@ def pyramid_barlow_loss(
         masked_features: per level, tokens of the masked input, same shapes.
         redundancy_weight: see :func:`barlow_twins_loss`.
         center: see :func:`cross_correlation`.
+        normalize: scale of each level's Eq. 5, see :func:`barlow_twins_loss`.
 
     Every token is a sample of the correlation (a ViT level has one token grid, so "resized to the same level" is
     the identity here); a batch of 2 volumes at 96^3 and patch 16 gives 432 samples per level.
@@ -72,7 +85,9 @@ def pyramid_barlow_loss(
     if len(features) != len(masked_features) or not features:
         raise ValueError(f"need the same non-zero number of levels, got {len(features)} and {len(masked_features)}")
     losses = [
-        barlow_twins_loss(z.reshape(-1, z.shape[-1]), z_m.reshape(-1, z_m.shape[-1]), redundancy_weight, center)
+        barlow_twins_loss(
+            z.reshape(-1, z.shape[-1]), z_m.reshape(-1, z_m.shape[-1]), redundancy_weight, center, normalize
+        )
         for z, z_m in zip(features, masked_features)
     ]
     return torch.stack(losses).sum()  # L_PBT^total = sum_l L_PBT^l  # Eq. 6

@@ -6,7 +6,17 @@ patch is removed. The three steps are pure functions composed in the paper's ord
 1. modality mask: one whole modality per sample;
 2. position mask: the same patch positions in every modality;
 3. patch mask: at the positions left, patches of the remaining modalities masked *complementarily*, so at every
-   position at least one modality stays visible and what one modality lost is seen in another.
+   position where two or more modalities are still visible at least one stays visible and what one modality lost
+   is seen in another. Where a single modality is left at a position (two contrasts, such as the paper's lung
+   1H + 129Xe, after the modality mask) there is no partner to complement it: the patch mask may remove it too,
+   hiding that position in every modality. Without this rule the patch mask would mask nothing after the
+   modality mask of a two-contrast study, and "modality + patch" would equal "modality" alone (Table III treats
+   them as different strategies).
+
+The position and patch ratios are this collection's choice: the paper gives none (its 75% is MAE's ratio, the
+collapsing baseline of Fig. 1, not HMP's). With the modality mask on and C contrasts, the masked share of all
+patches is ``1/C + (1 - 1/C) p_pos + (1 - 1/C)(1 - p_pos) p_patch``: 75% for C = 4 with the defaults
+(p_pos = 1/2, p_patch = 1/3), 5/6 for C = 2.
 
 Every sample draws its own masks (the public M2-MAE code draws the modality once per batch). All draws are
 batched tensor ops (argsort of noise), never a Python loop over samples or patches.
@@ -101,9 +111,10 @@ def patch_mask(
 ) -> torch.Tensor:
     """Complementary patch mask over the patches still ``available`` (not masked by the earlier steps).
 
-    At every position one available modality is drawn as the keeper and never masked; of the other available
-    patches, ``round(ratio * n_available)`` per sample are masked (fewer if the keepers leave too few). So the
-    patches a modality loses at a position remain visible in another modality there.
+    At every position where at least two modalities are available one of them is drawn as the keeper and never
+    masked; of the other available patches (including those alone at their position), ``round(ratio *
+    n_available)`` per sample are masked (fewer if the keepers leave too few, and never every available patch of
+    a sample). So where a position has several modalities, the patches one of them loses remain visible in another.
 
     Args:
         available: bool ``[B, C, L]``, ``True`` where a patch is still visible.
@@ -120,9 +131,10 @@ def patch_mask(
     noise = _rand((b, c, n), generator, available.device)
     keep_score = torch.where(available, noise, torch.full_like(noise, -1.0))
     keeper = torch.nn.functional.one_hot(keep_score.argmax(dim=1), c).permute(0, 2, 1).bool()  # [B, C, L]
-    keeper &= available  # positions with nothing available have no keeper
+    keeper &= available & (available.sum(1, keepdim=True) >= 2)  # a lone patch has no partner to complement it
     candidates = available & ~keeper
-    k = (ratio * available.flatten(1).sum(1).float()).round().long()  # [B]
+    n_available = available.flatten(1).sum(1)  # [B]
+    k = torch.minimum((ratio * n_available.float()).round().long(), (n_available - 1).clamp_min(0))  # keep >= 1 patch
     scores = torch.where(
         candidates, _rand((b, c, n), generator, available.device), torch.full_like(noise, float("inf"))
     )
@@ -142,8 +154,8 @@ def hybrid_mask(
     """Hybrid mask pattern: modality mask, then position mask, then patch mask (paper Fig. 5).
 
     The position mask draws from all positions; the patch mask draws from what the first two steps left. With
-    four modalities and the defaults, 1/4 + 3/4 * 1/2 + 3/8 * 1/3 = 75% of all patches are masked, the MAE ratio
-    the paper uses (Fig. 1).
+    four modalities and the defaults, 1/4 + 3/4 * 1/2 + 3/8 * 1/3 = 75% of all patches are masked; with two,
+    1/2 + 1/4 + 1/12 = 5/6 (see the module docstring).
 
     Args:
         batch: number of samples B.
@@ -183,8 +195,15 @@ def mask_to_volume(mask: torch.Tensor, grid: Sequence[int], patch_size: Sequence
     return m
 
 
-def apply_mask(x: torch.Tensor, mask: torch.Tensor, patch_size: Sequence[int], fill: float = 0.0) -> torch.Tensor:
-    """Replace the masked patches of ``x`` ``[B, C, *spatial]`` by ``fill`` (0 is the mean after normalisation)."""
+def apply_mask(
+    x: torch.Tensor, mask: torch.Tensor, patch_size: Sequence[int], fill: float | torch.Tensor = 0.0
+) -> torch.Tensor:
+    """Replace the masked patches of ``x`` ``[B, C, *spatial]`` by ``fill``: a number (0 is the mean after
+    z-scoring, and so indistinguishable from background), or a ``[C, *patch_size]`` patch per modality (a learned
+    mask token), tiled over the grid."""
     grid = [s // p for s, p in zip(x.shape[2:], patch_size)]
     vmask = mask_to_volume(mask, grid, patch_size)
-    return x.masked_fill(vmask, fill)
+    if not torch.is_tensor(fill):
+        return x.masked_fill(vmask, fill)
+    tiled = fill.to(x.dtype).repeat(1, *grid)  # [C, *spatial]: the token in every patch
+    return torch.where(vmask, tiled[None], x)

@@ -36,6 +36,12 @@ class M2MAE(nn.Module):
         pbt_layers: 1-based encoder blocks whose outputs enter the pyramid Barlow Twins loss (paper: 3, 6, 9, 12).
         use_modality_mask, position_ratio, patch_ratio: hybrid mask pattern settings, see ``hybrid_mask``.
         redundancy_weight, pbt_center: Barlow Twins settings, see ``barlow_twins_loss``.
+        pbt_normalize: scale of each level's Eq. 5: ``"none"`` (as written: a sum over the D x D correlation
+            matrix, ~1e5 at ViT-B's D = 768, which starves the MSE of gradient), ``"width"`` (/D) or ``"matrix"``
+            (/D^2, the default here: the mean over the matrix; same minimiser and term balance as Eq. 5).
+        mask_fill: what masked patches hold: ``"token"`` (a learned patch per modality, MAE's mask token moved to
+            the input because HMP masks modalities inside one token) or ``"zero"`` (0, which after z-scoring is
+            also what background looks like).
         mse_on: ``"all"`` voxels as written in Eq. 7, or only the ``"masked"`` patches as in MAE.
         fused_attention: PyTorch's fused scaled-dot-product attention in every block (same maths, less memory;
             M2-MAE never needs the attention matrix itself). A runtime switch: the weights are the same.
@@ -67,6 +73,8 @@ class M2MAE(nn.Module):
         pbt_center: bool = True,
         mse_on: str = "all",
         fused_attention: bool = True,
+        pbt_normalize: str = "matrix",
+        mask_fill: str = "token",
     ) -> None:
         super().__init__()
         self.img_size = ensure_tuple_rep(img_size, 3)
@@ -77,6 +85,8 @@ class M2MAE(nn.Module):
             raise ValueError(f"pbt_layers {tuple(pbt_layers)} must lie in 1..{num_layers}")
         if mse_on not in ("all", "masked"):
             raise ValueError(f"mse_on must be 'all' or 'masked', got {mse_on!r}")
+        if mask_fill not in ("token", "zero"):
+            raise ValueError(f"mask_fill must be 'token' or 'zero', got {mask_fill!r}")
         self.in_channels = in_channels
         self.grid = tuple(s // p for s, p in zip(self.img_size, self.patch_size))
         self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
@@ -86,12 +96,15 @@ class M2MAE(nn.Module):
         )
         self.redundancy_weight = redundancy_weight
         self.pbt_center = pbt_center
+        self.pbt_normalize = pbt_normalize
         self.mse_on = mse_on
         # built as UNETR builds its ViT, so the keys and shapes match UNETR.vit.*
         self.vit = unetr_vit(
             in_channels, self.img_size, self.patch_size, hidden_size, mlp_dim, num_layers, num_heads,
             dropout_rate, qkv_bias, fused_attention,
         )  # fmt: skip
+        # the content of a masked patch, per modality: learned (zero-initialised) or a fixed 0
+        self.mask_token = nn.Parameter(torch.zeros(in_channels, *self.patch_size)) if mask_fill == "token" else None
         # g(.): the whole decoder is one linear projection from a token to its patch in every modality
         self.decoder = nn.Linear(
             hidden_size, in_channels * self.patch_size[0] * self.patch_size[1] * self.patch_size[2]
@@ -120,7 +133,11 @@ class M2MAE(nn.Module):
         mask = hybrid_mask(
             x.shape[0], self.in_channels, self.num_patches, generator=generator, device=x.device, **self.mask_kwargs
         )
-        return mask, apply_mask(x, mask, self.patch_size)
+        return mask, self.apply_mask(x, mask)
+
+    def apply_mask(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The encoder's masked input: masked patches hold the mask token (or 0)."""
+        return apply_mask(x, mask, self.patch_size, 0.0 if self.mask_token is None else self.mask_token)
 
     def forward_encoder(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Tokens after the final norm ``[B, L, hidden]`` and the outputs of the PBT blocks, each ``[B, L, hidden]``."""
@@ -157,7 +174,7 @@ class M2MAE(nn.Module):
         if mask is None:
             mask, x_m = self.random_masking(x)
         else:
-            x_m = apply_mask(x, mask, self.patch_size)
+            x_m = self.apply_mask(x, mask)
         _, z = self.forward_encoder(x)
         tokens_m, z_m = self.forward_encoder(x_m)
         pred = self.forward_decoder(tokens_m)
@@ -166,7 +183,7 @@ class M2MAE(nn.Module):
             "masked": x_m,
             "mask": mask,
             "loss_mse": self.forward_loss(x, pred, mask),
-            "loss_pbt": pyramid_barlow_loss(z, z_m, self.redundancy_weight, self.pbt_center),
+            "loss_pbt": pyramid_barlow_loss(z, z_m, self.redundancy_weight, self.pbt_center, self.pbt_normalize),
         }
 
 
