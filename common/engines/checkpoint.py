@@ -27,6 +27,8 @@ from ignite.engine import Engine, Events
 from common.engines.trainer import unwrap
 
 __all__ = [
+    "run_fingerprint",
+    "ResumeRefused",
     "atomic_save",
     "safe_load",
     "rng_state",
@@ -175,6 +177,51 @@ class _TransformRNG:
             t.R.set_state(("MT19937", k.numpy().astype(np.uint32), p, h, c))
 
 
+class ResumeRefused(RuntimeError):
+    """A run would resume from a checkpoint of another run, or would train nothing."""
+
+
+def run_fingerprint(data: Any, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a run trains on: the number of cases, a hash of their sorted entries (files and ids) and the settings that
+    shape the run (network, crop, modalities, masking, loss weights, batch size, learning rate; NOT the number of
+    epochs, so a finished run can be extended). Stored in every checkpoint and compared when resuming.
+
+    Args:
+        data: the training entries (a datalist's list of dicts) or anything with a stable ``repr``.
+        settings: ``{name: value}`` of plain values.
+    """
+    import hashlib
+    import json
+
+    entries = sorted(json.dumps(e, sort_keys=True, default=str) for e in data) if isinstance(data, (list, tuple)) else [repr(data)]
+    digest = hashlib.sha256("\n".join(entries).encode()).hexdigest()
+    return {"cases": len(entries), "cases_sha256": digest, "settings": json.loads(json.dumps(dict(settings or {}), default=str))}
+
+
+def _fingerprint_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    out = []
+    if stored.get("cases_sha256") != current.get("cases_sha256"):
+        out.append(f"training data: {stored.get('cases')} cases then, {current.get('cases')} cases now (another case list)")
+    a, b = stored.get("settings", {}), current.get("settings", {})
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            out.append(f"{key}: {a.get(key)!r} then, {b.get(key)!r} now")
+    return out
+
+
+class _Fingerprint:
+    """Adapter: the run fingerprint travels through the checkpoint's ``state_dict`` path."""
+
+    def __init__(self, fingerprint: Mapping[str, Any]) -> None:
+        self.fingerprint = dict(fingerprint)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.fingerprint
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # compared before loading, nothing to restore
+        pass
+
+
 def _is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
@@ -221,8 +268,18 @@ class ResumableCheckpoint:
         dataset: the training dataset, whose random transforms' states are saved too, so a resumed run draws the
             crops and flips an uninterrupted run would (with ``num_workers=0``; worker processes are re-seeded
             from the restored torch generator every epoch anyway).
+        fingerprint: what the run trains on (:func:`run_fingerprint`). A checkpoint whose fingerprint differs
+            (other data, another crop or network) is not resumed silently: the run stops and names the differences,
+            unless ``force_resume`` (continue from it anyway) or ``restart`` (move the old checkpoints aside into
+            ``superseded_<time>/`` and start at epoch 1).
+        force_resume: resume even when the fingerprints differ (``--resume true``).
+        restart: start afresh, keeping the old checkpoints aside (``--restart true``).
+        contract: the input contract (``common.engines.contract.input_contract``), stored in every checkpoint and in
+            the final model under ``input_contract``, so downstream bundles can check what the encoder expects.
 
-    Only the main process (rank 0) writes; every process resumes from the same file.
+    A run that would train nothing (its newest checkpoint already reached ``max_epochs``) stops with a message
+    instead of saving the old weights as a new final model. Only the main process (rank 0) writes; every process
+    resumes from the same file.
     """
 
     def __init__(
@@ -236,13 +293,24 @@ class ResumableCheckpoint:
         n_saved: int = 2,
         resume: bool = True,
         dataset: Any | None = None,
+        fingerprint: Mapping[str, Any] | None = None,
+        force_resume: bool = False,
+        restart: bool = False,
+        contract: Mapping[str, Any] | None = None,
     ) -> None:
         if save_interval < 1 or n_saved < 1:
             raise ValueError(f"save_interval and n_saved must be >= 1, got {save_interval} and {n_saved}")
         self.save_dir = Path(save_dir)
+        if force_resume and restart:
+            raise ValueError("--resume and --restart exclude each other: choose one")
         self.save_dict = {**save_dict, "rng": _RNG()}
         if dataset is not None:
             self.save_dict["transforms"] = _TransformRNG(dataset)
+        self.fingerprint = dict(fingerprint) if fingerprint is not None else None
+        if self.fingerprint is not None:
+            self.save_dict["fingerprint"] = _Fingerprint(self.fingerprint)
+        self.force_resume, self.restart = force_resume, restart
+        self.contract = dict(contract) if contract is not None else None
         self.final_path = final_path
         self.final_key = final_key
         self.extra_final = dict(extra_final or {})
@@ -253,8 +321,11 @@ class ResumableCheckpoint:
 
     def attach(self, engine: Engine) -> None:
         self.save_dict.setdefault("trainer", engine)
-        if self.resume:
+        if self.restart:
+            engine.add_event_handler(Events.STARTED, self.set_aside)
+        elif self.resume:
             engine.add_event_handler(Events.STARTED, self.load_latest)
+        engine.add_event_handler(Events.STARTED, self._refuse_empty_run)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
         if self.final_path:
             engine.add_event_handler(Events.COMPLETED, self.save_final)
@@ -273,6 +344,8 @@ class ResumableCheckpoint:
             k: unwrap(v).state_dict() if isinstance(v, torch.nn.Module) else v.state_dict()
             for k, v in self.save_dict.items()
         }
+        if self.contract is not None:
+            state["input_contract"] = self.contract
         path = self.save_dir / f"checkpoint_epoch={engine.state.epoch}.pt"
         atomic_save(state, path)
         for old in self.checkpoints()[self.n_saved :]:
@@ -285,14 +358,61 @@ class ResumableCheckpoint:
         state = dict(unwrap(self.save_dict[self.final_key]).state_dict())
         for name, module in self.extra_final.items():
             state.update({f"{name}.{k}": v for k, v in unwrap(module).state_dict().items()})
+        if self.contract is not None:
+            state["input_contract"] = self.contract
         atomic_save(state, self.final_path)
         logger.info(f"saved final model {self.final_path}")
+
+    def set_aside(self, engine: Engine) -> None:
+        """``restart``: move every existing checkpoint into ``superseded_<time>/`` (nothing is deleted)."""
+        found = self.checkpoints()
+        if not found or not _is_main_process():
+            if found:
+                logger.info("restart: rank 0 sets the old checkpoints aside")
+            return
+        import time
+
+        aside = self.save_dir / f"superseded_{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir(parents=True, exist_ok=True)
+        for path in found:
+            os.replace(path, aside / path.name)
+        logger.info(f"restart: moved {len(found)} checkpoint(s) to {aside}; training starts at epoch 1")
+
+    def _refuse_empty_run(self, engine: Engine) -> None:
+        if engine.state.epoch >= engine.state.max_epochs:
+            raise ResumeRefused(
+                f"nothing to train: the checkpoint in {self.save_dir} already reached epoch {engine.state.epoch} of "
+                f"max_epochs={engine.state.max_epochs}. Raise --epochs to extend the run, use --restart true to train "
+                "again from scratch (the old checkpoints are kept aside), or point --ckpt_dir at a fresh folder"
+            )
+
+    def _check_fingerprint(self, state: Mapping[str, Any], path: Path) -> None:
+        if self.fingerprint is None:
+            return
+        stored = state.get("fingerprint")
+        differences = (
+            ["the checkpoint has no fingerprint (written by an older version)"]
+            if stored is None
+            else _fingerprint_differences(stored, self.fingerprint)
+        )
+        if not differences:
+            return
+        if self.force_resume:
+            for d in differences:
+                logger.warning(f"resuming from {path} although it differs (--resume true): {d}")
+            return
+        raise ResumeRefused(
+            f"{path} was written by another run than this one:\n  - "
+            + "\n  - ".join(differences)
+            + "\nChoose: a fresh run directory (--ckpt_dir <new folder>), --restart true (start at epoch 1, the old "
+            "checkpoints are kept in a superseded_<time> folder), or --resume true (continue from it anyway)"
+        )
 
     def load_latest(self, engine: Engine) -> None:
         for path in self.checkpoints():
             try:
                 state = safe_load(path)
-                missing = sorted(set(self.save_dict) - set(state))
+                missing = sorted(set(self.save_dict) - set(state) - {"fingerprint"})
                 if missing:
                     raise KeyError(f"entries {missing} missing")
             except Exception as e:  # a truncated or foreign file: fall back to the previous checkpoint
@@ -300,12 +420,15 @@ class ResumableCheckpoint:
                     f"skipping checkpoint {path}: cannot be loaded ({type(e).__name__}: {e}); trying the previous one"
                 )
                 continue
+            self._check_fingerprint(state, path)
             configured = {
                 k: v.state_dict()
                 for k, v in self.save_dict.items()
                 if isinstance(v, torch.optim.lr_scheduler.LRScheduler)
             }
             for key, obj in self.save_dict.items():
+                if key not in state:  # the fingerprint of a pre-fingerprint checkpoint (accepted above)
+                    continue
                 if key in configured:
                     state[key] = {**configured[key], **{k: v for k, v in state[key].items() if k in _SCHEDULE_PROGRESS}}
                 if isinstance(obj, Engine):
