@@ -54,3 +54,14 @@ def test_bundle_layout(name):
     assert train["bundle_root"].startswith(f"$'bundles/{name}'")  # runs from the repo root and from the bundle folder
     if name.endswith(("_seg", "_cls")):  # downstream bundles evaluate
         assert (bundle / "configs" / "evaluate.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["m2mae", "brainmvp"])
+def test_pretraining_metadata_states_the_default_input_contract(name):
+    """The contract written in metadata.json is the one the default train.json stores in its checkpoints."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(f"bundles/{name}/configs/train.json")
+    meta = json.loads((REPO / "bundles" / name / "configs" / "metadata.json").read_text())
+    assert meta["input_contract"] == parser.get_parsed_content("contract")

@@ -535,11 +535,15 @@ class BestModelSaver:
     Args:
         network: the network to save (DDP unwrapped, so keys never carry ``module.``).
         path: output file, e.g. ``models/model.pt``.
+        contract: the run's input contract, written beside it as ``model.contract.json`` (the model file itself
+            stays a plain ``state_dict`` that MONAI's ``CheckpointLoader`` loads strictly); inference and evaluation
+            compare their own pipeline with it.
     """
 
-    def __init__(self, network: torch.nn.Module, path: str) -> None:
+    def __init__(self, network: torch.nn.Module, path: str, contract: Mapping[str, Any] | None = None) -> None:
         self.network = network
         self.path = path
+        self.contract = contract
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
@@ -548,6 +552,10 @@ class BestModelSaver:
         if not _is_main_process() or getattr(engine.state, "best_metric_epoch", -1) != engine.state.epoch:
             return
         atomic_save(unwrap(self.network).state_dict(), self.path)
+        if self.contract is not None:
+            from common.engines.contract import write_contract
+
+            write_contract(self.contract, self.path)
         logger.info(
             f"saved best model (key metric = {engine.state.best_metric:.4f}, epoch {engine.state.epoch}) to {self.path}"
         )
