@@ -118,7 +118,7 @@ def build_backbone(
     out_channels: int = 1,
     skip_connections: bool = False,
     proj_dim: int | None = None,
-    layout: str = "collection",
+    layout: str = "official",
 ) -> nn.Module:
     """BrainMVP's backbones by name, so configs choose one with a string.
 
@@ -128,9 +128,10 @@ def build_backbone(
         in_channels, out_channels: 1 and 1 in pre-training; modalities and classes downstream.
         skip_connections: False in pre-training (paper 3.1), True downstream.
         proj_dim: optional projection head for the contrastive embedding (None: the pooled feature itself).
-        layout: ``collection`` (default: this collection's networks) or ``official`` (the BrainMVP authors'
-            layout, which checkpoints imported by ``tools/import_brainmvp_weights.py`` need; see
-            ``common.networks.uniformer`` and ``common.networks.unet3d``).
+        layout: ``official`` (default: the BrainMVP authors' networks, the paper's; also what checkpoints imported
+            by ``tools/import_brainmvp_weights.py`` need) or ``collection`` (a faster, different network: the
+            UniFormer paper's stride-4 stem with 8x fewer tokens per stage, GroupNorm embeddings, no final
+            BatchNorm; see ``common.networks.uniformer`` and ``common.networks.unet3d`` and the bundles' docs).
     """
     from common.networks.unet3d import unet3d, unet3d_tiny
     from common.networks.uniformer import uniformer_small, uniformer_tiny

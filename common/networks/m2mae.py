@@ -193,5 +193,7 @@ def m2mae_vit_base_patch16(in_channels: int = 4, img_size: int = 96, **kwargs) -
 
 
 def m2mae_vit_tiny(in_channels: int = 4, img_size: int = 32, **kwargs) -> M2MAE:
-    """Width 48 for tests and smoke runs; 12 blocks because UNETR taps blocks 3, 6, 9 and 12."""
+    """Width 48 for tests and smoke runs; 12 blocks because UNETR reads 12: the outputs of blocks 4, 7 and 10
+    (its ``hidden_states_out[3], [6], [9]``) and the normed output of block 12. (The PBT taps, blocks 3, 6, 9 and 12,
+    are the paper's and differ from UNETR's skips.)"""
     return M2MAE(in_channels, img_size, 16, hidden_size=48, mlp_dim=96, num_layers=12, num_heads=4, **kwargs)

@@ -1,0 +1,93 @@
+"""Mutation testing of the method code in ``common/`` (mutmut 3), summarised per file for ``docs/TESTING.md``.
+
+mutmut changes one operator, constant or argument at a time in a copy of the code (``mutants/``) and runs the
+tests that execute the changed function; a mutant that no test notices "survives". Configuration:
+``[tool.mutmut]`` in ``pyproject.toml``.
+
+    python tools/mutation_test.py                                  # every module of masking/ losses/ networks/ engines/
+    python tools/mutation_test.py --only "common.losses.*,common.masking.*"   # a subset (mutmut's name globs)
+    python tools/mutation_test.py --report mutation_report.md      # also write the per-file table and survivors
+
+CI runs a subset of it as an optional step that cannot fail the build; the full run's survivors, with the reason
+each is harmless (or the test added for it), are listed in docs/TESTING.md.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import fire
+
+REPO = Path(__file__).resolve().parents[1]
+_LINE = re.compile(r"^\s+(?P<name>[\w.]+__mutmut_\d+): (?P<status>.+)$")
+
+
+def _mutmut(*args: str, check: bool = True) -> str:
+    proc = subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=REPO, capture_output=True, text=True)
+    if check and proc.returncode not in (0, 1):
+        raise RuntimeError(f"mutmut {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def _module(name: str) -> str:
+    """``common.losses.barlow.x_barlow_twins_loss__mutmut_3`` -> ``common/losses/barlow.py``."""
+    parts = name.split(".")
+    i = next(i for i, p in enumerate(parts) if p.startswith(("x_", "x\u01c1")) or "__mutmut_" in p)
+    return "/".join(parts[:i]) + ".py"
+
+
+def summarise(lines: str) -> tuple[dict[str, Counter], dict[str, list[str]]]:
+    """Per file: counts by status; and the names of the surviving mutants."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    survivors: dict[str, list[str]] = defaultdict(list)
+    for line in lines.splitlines():
+        m = _LINE.match(line)
+        if not m:
+            continue
+        path = _module(m["name"])
+        counts[path][m["status"]] += 1
+        if m["status"] == "survived":
+            survivors[path].append(m["name"])
+    return counts, survivors
+
+
+def markdown(counts: dict[str, Counter], survivors: dict[str, list[str]], diffs: dict[str, str]) -> str:
+    rows = ["| file | mutants | killed | survived | no tests | timeout |", "|---|---|---|---|---|---|"]
+    for path in sorted(counts):
+        c = counts[path]
+        rows.append(
+            f"| `{path}` | {sum(c.values())} | {c['killed'] + c['caught by type check']} | {c['survived']} | "
+            f"{c['no tests']} | {c['timeout']} |"
+        )
+    out = ["\n".join(rows), ""]
+    for path in sorted(survivors):
+        out.append(f"### `{path}`\n")
+        for name in survivors[path]:
+            out.append(f"`{name}`\n```diff\n{diffs.get(name, '').strip()}\n```\n")
+    return "\n".join(out)
+
+
+def main(only: str = "", report: str = "", max_children: int = 2) -> None:
+    """Run mutmut over the configured modules (or the ``only`` globs, comma-separated) and print the summary."""
+    globs = [g.strip() for g in only.split(",") if g.strip()]
+    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *globs], cwd=REPO)
+    counts, survivors = summarise(_mutmut("results", "--all", "true"))
+    if globs:
+        import fnmatch
+
+        keep = {p for p in counts if any(fnmatch.fnmatch(p.replace("/", ".")[:-3] + ".x", g.rstrip("*") + "*") for g in globs)}
+        counts = {p: c for p, c in counts.items() if p in keep}
+        survivors = {p: s for p, s in survivors.items() if p in keep}
+    diffs = {name: _mutmut("show", name, check=False) for names in survivors.values() for name in names}
+    text = markdown(counts, survivors, diffs)
+    print(text)
+    if report:
+        Path(report).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
