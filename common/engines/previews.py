@@ -14,11 +14,21 @@ import torch
 from ignite.engine import Engine, Events
 from torch.utils.tensorboard import SummaryWriter
 
-__all__ = ["mid_slice_grid", "SliceGridPreview"]
+__all__ = ["mid_slice_grid", "rgb_row", "SliceGridPreview"]
+
+
+def rgb_row(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Colour images ``[3, H, W]`` side by side as one ``[3, H, k W]`` picture, each channel windowed by the first
+    image's 1st-99th percentiles (so a reconstruction is shown on its original's scale)."""
+    first = images[0].detach().cpu().float()
+    lo = torch.quantile(first.flatten(1), 0.01, dim=1)[:, None, None]
+    hi = torch.quantile(first.flatten(1), 0.99, dim=1)[:, None, None]
+    return torch.cat([((i.detach().cpu().float() - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1) for i in images], 2)
 
 
 def mid_slice_grid(volumes: Sequence[torch.Tensor], axis: int = -1) -> torch.Tensor:
-    """Grid image ``[1, rows * H, cols * W]``: one row per channel, one column per volume ``[C, D, H, W]``.
+    """Grid image ``[1, rows * H, cols * W]``: one row per channel, one column per volume ``[C, D, H, W]`` (or per
+    image ``[C, H, W]``, shown whole).
 
     Each row shares one intensity window (that of the first volume's channel) so masked and reconstructed
     patches are comparable with the original.
@@ -26,7 +36,9 @@ def mid_slice_grid(volumes: Sequence[torch.Tensor], axis: int = -1) -> torch.Ten
     c = volumes[0].shape[0]
     rows = []
     for ch in range(c):
-        slices = [v[ch].select(axis, v.shape[axis] // 2).detach().cpu().float() for v in volumes]
+        slices = [
+            (v[ch] if v.ndim == 3 else v[ch].select(axis, v.shape[axis] // 2)).detach().cpu().float() for v in volumes
+        ]
         lo, hi = torch.quantile(slices[0].flatten(), torch.tensor([0.01, 0.99]))
         rows.append(torch.cat([((s - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1) for s in slices], dim=1))
     return torch.cat(rows, dim=0)[None]
@@ -41,6 +53,7 @@ class SliceGridPreview:
         tag: TensorBoard tag.
         interval: epochs between previews.
         axis: spatial axis to slice (-1: axial for RAS volumes).
+        rgb: the entries are colour images ``[3, H, W]``: show them in colour, side by side.
     """
 
     def __init__(
@@ -50,8 +63,10 @@ class SliceGridPreview:
         tag: str = "reconstruction",
         interval: int = 1,
         axis: int = -1,
+        rgb: bool = False,
     ) -> None:
         self.log_dir = log_dir
+        self.rgb = rgb
         self.keys = tuple(keys)
         self.tag = tag
         self.interval = interval
@@ -68,7 +83,8 @@ class SliceGridPreview:
             return
         if self._writer is None:
             self._writer = SummaryWriter(self.log_dir)
-        grid = mid_slice_grid([out[k][0] for k in self.keys], self.axis)
+        items = [out[k][0] for k in self.keys]
+        grid = rgb_row(items) if self.rgb else mid_slice_grid(items, self.axis)
         self._writer.add_image(f"{self.tag}/{'|'.join(self.keys)}", grid, engine.state.epoch)
         self._writer.flush()
 

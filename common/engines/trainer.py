@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from common.losses.adversarial import discriminator_loss, generator_adversarial_loss
 
-__all__ = ["SelfSupervisedTrainer", "unwrap", "scalar_terms", "term_gradient_norms"]
+__all__ = ["SelfSupervisedTrainer", "BatchInputs", "unwrap", "scalar_terms", "term_gradient_norms"]
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -208,6 +208,27 @@ class SelfSupervisedTrainer(Trainer):
         result[self.image_key] = x.detach()
         result.update({k: v.detach() for k, v in out.items() if not k.startswith("loss_") and torch.is_tensor(v)})
         return result
+
+
+class BatchInputs:
+    """``network_kwargs`` for ``SelfSupervisedTrainer``: the batch entries ``keys`` as keyword arguments of the
+    network, on the engine's device (e.g. ``{"genetics": batch["genetics"]}`` for MRM); a missing or ``None`` entry
+    is passed as ``None`` (single-modality mode).
+
+    Args:
+        keys: batch keys, passed under the same names; or ``{argument: batch_key}``.
+    """
+
+    def __init__(self, keys: Sequence[str] | Mapping[str, str]) -> None:
+        self.keys = dict(keys) if isinstance(keys, Mapping) else {k: k for k in keys}
+
+    def __call__(self, batch: dict, engine: Any) -> dict[str, Any]:
+        device = engine.state.device
+        out = {}
+        for arg, key in self.keys.items():
+            value = batch.get(key)
+            out[arg] = value.to(device, non_blocking=engine.non_blocking) if torch.is_tensor(value) else value
+        return out
 
 
 def scalar_terms(output: Mapping[str, Any]) -> dict[str, float]:
