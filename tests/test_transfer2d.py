@@ -108,6 +108,7 @@ def test_linear_probe_trains_only_norm_and_head():
 
 # ---- TargetLoss --------------------------------------------------------------------------------------------------
 
+
 def test_target_loss_by_hand_with_a_missing_value():
     loss = TargetLoss(CRP, STATS)
     pred = torch.tensor([[68.0, 150.0, 0.0], [56.0, 130.0, 2.0]])
@@ -148,6 +149,7 @@ def test_target_loss_gradient_is_the_standardised_regression():
 
 # ---- layer-wise lr decay ---------------------------------------------------------------------------------------
 
+
 def test_layer_ids_of_vit_and_unetr_names():
     assert layer_id("vit.patch_embedding.position_embeddings", 12) == 0
     assert layer_id("module.vit.patch_embedding.patch_embeddings.weight", 12) == 0
@@ -176,7 +178,12 @@ def test_layer_decay_learning_rates_and_weight_decay_by_hand():
     }
     for name, lr in expected_lr.items():
         assert lr_of[id(params[name])] == pytest.approx(lr), name
-    no_decay = ["vit.patch_embedding.position_embeddings", "vit.blocks.1.mlp.linear2.bias", "vit.norm.weight", "head.bias"]
+    no_decay = [
+        "vit.patch_embedding.position_embeddings",
+        "vit.blocks.1.mlp.linear2.bias",
+        "vit.norm.weight",
+        "head.bias",
+    ]
     for name in no_decay:
         assert wd_of[id(params[name])] == 0.0, name
     for name in ["vit.patch_embedding.patch_embeddings.weight", "vit.blocks.0.attn.qkv.weight", "head.weight"]:
