@@ -77,9 +77,14 @@ def test_qwk_on_a_5x5_confusion_matrix_by_hand():
 
 
 def test_qwk_metric_accumulates_over_batches_from_decollated_items():
+    from ignite.metrics import Accuracy
+
+    from common.engines.metrics import class_scores
+
     items = _items(_one_hot_scores(PRED), torch.nn.functional.one_hot(torch.tensor(TRUE), 5).float())
-    out = _run({"qwk": QuadraticWeightedKappa(5)}, [items[:4], items[4:]])
+    out = _run({"qwk": QuadraticWeightedKappa(5), "acc": Accuracy(class_scores())}, [items[:4], items[4:]])
     assert out["qwk"] == pytest.approx(26 / 33, abs=1e-9)
+    assert out["acc"] == pytest.approx(6 / 10)  # the diagonal of CM: 1 + 2 + 1 + 1 + 1
 
 
 def test_confusion_matrix_csv_and_png(tmp_path):
@@ -181,6 +186,8 @@ def test_mse_after_de_standardisation_by_hand():
     assert out["mse"] == pytest.approx((20 / 64 + 100 / 400) / 2)  # headline: standardised units
     plain = _run({"mse": PerTargetMSE(CRP)}, [_items(pred, label)])
     assert plain["mse"] == pytest.approx(60.0)
+    with pytest.raises(KeyError, match=r"\['sbp'\]"):
+        PerTargetMSE(CRP, target_stats={"age": STATS["age"]})
 
 
 def test_stacked_transform_shapes():

@@ -169,7 +169,9 @@ def test_palm_masks_load_with_monai_as_channels_aligned_with_the_image(tmp_path)
     assert data["image"].shape[1:] == data["label"].shape[1:]
     disc = np.asarray(data["label"][0])
     # wherever MONAI's reader puts the axes, the disc pixels are those of the source mask in the same layout
-    loaded_source = np.asarray(LoadImaged(keys="m", reader="PILReader", ensure_channel_first=True)({"m": entry["label"][0]})["m"][0])
+    loaded_source = np.asarray(
+        LoadImaged(keys="m", reader="PILReader", ensure_channel_first=True)({"m": entry["label"][0]})["m"][0]
+    )
     assert np.array_equal(disc, loaded_source) and disc.sum() == 2
 
 
@@ -201,6 +203,16 @@ def test_palm_errors_name_the_files(tmp_path):
         read_palm(root, tmp_path / "masks", structures=["disc", "detachment"])
     with pytest.raises(FileNotFoundError, match="no PALM image folder"):
         read_palm(tmp_path / "empty", tmp_path / "masks")
+
+
+def test_palm_single_set_folder_with_challenge_names(tmp_path):
+    root = tmp_path / "PALM-Training400"
+    _png(root / "PALM-Training400" / "H0001.jpg")
+    _palm_mask(root / "Disc_Masks" / "H0001.bmp", (8, 6), [(0, 0)])
+    _palm_mask(root / "Lesion_Masks" / "Atrophy" / "H0001.bmp", (8, 6), [])
+    (entry,) = read_palm(root, tmp_path / "masks", image_dir="PALM-Training400")
+    assert entry["subject_id"] == "H0001" and entry["set"] is None
+    assert np.asarray(Image.open(entry["label"][0]))[0, 0] == 1
 
 
 # ---- CRP --------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from common.engines.checkpoint import load_encoder
 from common.networks.transfer2d import (
     TargetLoss,
     TransferViT2D,
+    binary_probabilities,
     layer_decay_param_groups,
     layer_id,
     transfer_unetr_2d,
@@ -213,3 +214,12 @@ def test_scheduler_keeps_the_layer_ratios():
         sched.step()
     ratios = {round(g["lr"] / opt.param_groups[-1]["lr"], 6) for g in opt.param_groups}
     assert ratios == {0.125, 0.25, 0.5, 1.0}
+
+
+def test_binary_probabilities_leave_continuous_channels_in_their_units():
+    to_prob = binary_probabilities(CRP)
+    out = to_prob(torch.tensor([[64.0, 110.0, 0.0], [50.0, 120.0, math.log(3)]]))
+    assert torch.allclose(out, torch.tensor([[64.0, 110.0, 0.5], [50.0, 120.0, 0.75]]))
+    assert torch.allclose(to_prob(torch.tensor([64.0, 110.0, 0.0])), torch.tensor([64.0, 110.0, 0.5]))
+    with pytest.raises(ValueError, match="3 target channels"):
+        to_prob(torch.zeros(2, 4))

@@ -88,7 +88,6 @@ PALM_STRUCTURES: dict[str, tuple[str, ...]] = {
     "detachment": ("Lesion Masks/Detachment", "Lesion_Masks/Detachment"),
 }
 _PALM_IMAGE_DIRS = ("Images", "images", "fundus_images", "Fundus Images")
-_PALM_SETS = ("Training", "Validation", "Testing")
 
 
 # ---- small helpers --------------------------------------------------------------------------------------------
@@ -330,18 +329,18 @@ def read_rfmid(
 # ---- PALM -----------------------------------------------------------------------------------------------------
 
 
-def _palm_set_folders(root: Path) -> dict[str, Path]:
-    """``{set name: folder}``: ``root`` itself when it holds an image folder, else its PALM sets that do."""
+def _palm_set_folders(root: Path, image_dirs: Sequence[str]) -> dict[str, Path]:
+    """``{set name: folder}``: ``root`` itself when it holds an image folder, else its sub-folders that do."""
 
     def has_images(folder: Path) -> bool:
-        return any((folder / d).is_dir() for d in _PALM_IMAGE_DIRS)
+        return any((folder / d).is_dir() for d in image_dirs)
 
     if has_images(root):
         return {"": root}
     sets = {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and has_images(p)} if root.is_dir() else {}
     if not sets:
         raise FileNotFoundError(
-            f"no PALM image folder in {root} or its sub-folders (looked for {list(_PALM_IMAGE_DIRS)}; expected e.g. "
+            f"no PALM image folder in {root} or its sub-folders (looked for {list(image_dirs)}; expected e.g. "
             f"{root}/Training/Images/*.jpg with {root}/Training/Disc Masks/*.bmp)"
         )
     return sets
@@ -377,6 +376,7 @@ def read_palm(
     mask_dir: str | os.PathLike,
     structures: Mapping[str, Sequence[str] | str] | Sequence[str] = ("disc", "atrophy"),
     foreground: str = "dark",
+    image_dir: str | None = None,
 ) -> list[dict]:
     """PALM (pathologic myopia): fundus images with one mask image per structure, converted once to 0/1 PNGs.
 
@@ -398,6 +398,7 @@ def read_palm(
         mask_dir: where the converted masks go (writable; e.g. next to the split file).
         structures: names from :data:`PALM_STRUCTURES` (paper: optic disc and atrophy), or ``{name: folder(s)}``.
         foreground: ``"dark"`` (PALM) or ``"bright"``.
+        image_dir: the image folder's name inside a set folder, when it is none of ``Images``, ``fundus_images``.
 
     Returns:
         entries ``{"subject_id", "image", "label": [mask per structure], "set", "structures_present": [...]}``.
@@ -419,8 +420,9 @@ def read_palm(
     settings = {"foreground": foreground, "source": str(root.resolve())}
     stale = not marker.is_file() or json.loads(marker.read_text() or "{}") != settings
     problems, entries = [], []
-    for set_name, folder in _palm_set_folders(root).items():
-        image_folder = next(folder / d for d in _PALM_IMAGE_DIRS if (folder / d).is_dir())
+    image_dirs = (image_dir,) if image_dir else _PALM_IMAGE_DIRS
+    for set_name, folder in _palm_set_folders(root, image_dirs).items():
+        image_folder = next(folder / d for d in image_dirs if (folder / d).is_dir())
         images = _image_index(image_folder, (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"))
         masks: dict[str, dict[str, str]] = {}
         for s, options in structures.items():

@@ -230,6 +230,9 @@ class ConfusionMatrixSaver:
         class_names: K names in class order (e.g. ``["0", "1", "2", "3", "4"]``, ``["II", "III", "IV"]``).
         output_transform: as for :class:`ClassConfusion`.
         prefix: file-name prefix.
+
+    Under DDP attach it on EVERY rank (it sums the counts across ranks at the end of the epoch, like MONAI's
+    ``MetricsSaver``): never among the handlers a multi-GPU config drops on ranks > 0, or rank 0 waits forever.
     """
 
     def __init__(
@@ -385,6 +388,9 @@ class PerTargetMSE(Metric):
         self.names, self.columns = _selected(label_names, targets, "continuous")
         self.scale = None
         if target_stats is not None:
+            missing = [n for n in self.names if "std" not in target_stats.get(n, {})]
+            if missing:
+                raise KeyError(f"target_stats has no 'std' for the continuous targets {missing}")
             self.scale = [float(target_stats[n]["std"]) ** 2 for n in self.names]
         self.per_target: dict[str, float] = {}
         super().__init__(output_transform=output_transform or stacked(), device=device)

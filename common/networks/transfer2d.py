@@ -20,7 +20,7 @@ Also: :class:`TargetLoss` (standardised MSE + binary cross-entropy, missing targ
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -35,6 +35,7 @@ __all__ = [
     "TransferViT2D",
     "TargetLoss",
     "target_kinds",
+    "binary_probabilities",
     "layer_id",
     "layer_decay_param_groups",
     "transfer_unetr_2d",
@@ -185,7 +186,9 @@ class TargetLoss(nn.Module):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if pred.shape != target.shape or pred.ndim != 2 or pred.shape[1] != self.std.numel():
-            raise ValueError(f"expected pred and target [B, {self.std.numel()}], got {tuple(pred.shape)}, {tuple(target.shape)}")
+            raise ValueError(
+                f"expected pred and target [B, {self.std.numel()}], got {tuple(pred.shape)}, {tuple(target.shape)}"
+            )
         target = target.to(pred.dtype)
         known = ~torch.isnan(target)  # [B, T]
         y = torch.where(known, target, torch.zeros_like(target))
@@ -196,6 +199,29 @@ class TargetLoss(nn.Module):
         per_target = per_entry.sum(0) / count.clamp(min=1)
         w = self.weights * (count > 0)
         return (w * per_target).sum() / w.sum().clamp(min=1e-12)
+
+
+def binary_probabilities(targets: Mapping[str, str]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function for ``Lambdad(keys="pred", func=...)``: sigmoid on the ``binary`` channels of a prediction
+    (``[T]`` decollated or ``[B, T]``), continuous channels left in their own units (for inference outputs; the loss
+    and ROC-AUC take the logits).
+
+    Example::
+
+        >>> binary_probabilities({"age": "continuous", "sex": "binary"})(torch.tensor([64.0, 0.0]))
+        tensor([64.0000,  0.5000])
+    """
+    _, kinds = target_kinds(targets)
+    binary = torch.tensor([k == "binary" for k in kinds])
+
+    def _apply(pred: torch.Tensor) -> torch.Tensor:
+        if pred.shape[-1] != binary.numel():
+            raise ValueError(
+                f"expected {binary.numel()} target channels last, got a prediction of shape {tuple(pred.shape)}"
+            )
+        return torch.where(binary.to(pred.device), torch.sigmoid(pred), pred)
+
+    return _apply
 
 
 def layer_id(name: str, num_blocks: int, encoder_prefix: str = "vit.") -> int:
