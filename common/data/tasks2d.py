@@ -361,6 +361,42 @@ def _binary_mask(
     return ((grey < 128) if foreground == "dark" else (grey >= 128)).astype(np.uint8), None
 
 
+def _palm_mask_files(
+    folder: Path, structures: Mapping[str, Sequence[str]], images: Mapping[str, str], image_folder: Path, problems: list
+) -> dict[str, dict[str, str]] | None:
+    """``{structure: {name: mask path}}`` of a set folder; a missing mask folder or a mask without an image is a
+    problem (``None`` when a folder is missing)."""
+    masks: dict[str, dict[str, str]] = {}
+    for s, options in structures.items():
+        found = next((folder / o for o in options if (folder / o).is_dir()), None)
+        if found is None:
+            problems.append(f"{folder}: no mask folder for '{s}' (looked for {list(options)})")
+            continue
+        masks[s] = _image_index(found, (".bmp", ".png", ".tif", ".tiff", ".jpg"))
+        problems += [
+            f"{p}: a {s} mask without an image in {image_folder}" for n, p in masks[s].items() if n not in images
+        ]
+    return masks if len(masks) == len(structures) else None
+
+
+def _palm_label(
+    source: str | None, target: Path, image: str, size: tuple[int, int], foreground: str, stale: bool
+) -> tuple[str | None, str | None]:
+    """The converted 0/1 mask ``target`` (written unless it is newer than ``source`` and the conversion settings are
+    unchanged): ``source`` binarised, or all background when the image has no mask. Returns ``(path, None)`` or
+    ``(None, problem)``."""
+    if not stale and target.is_file() and (source is None or os.path.getmtime(target) >= os.path.getmtime(source)):
+        return str(target.resolve()), None
+    if source is None:
+        mask = np.zeros(size[::-1], dtype=np.uint8)  # absent: all background, [H, W]
+    else:
+        mask, problem = _binary_mask(Path(source), foreground, size, image)
+        if problem:
+            return None, problem
+    _write_png(mask, target)
+    return str(target.resolve()), None
+
+
 def _write_png(array: np.ndarray, path: Path) -> None:
     """Atomic PNG write (several DDP ranks may convert the same mask at once)."""
     from PIL import Image
@@ -424,48 +460,29 @@ def read_palm(
     for set_name, folder in _palm_set_folders(root, image_dirs).items():
         image_folder = next(folder / d for d in image_dirs if (folder / d).is_dir())
         images = _image_index(image_folder, (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"))
-        masks: dict[str, dict[str, str]] = {}
-        for s, options in structures.items():
-            found = next((folder / o for o in options if (folder / o).is_dir()), None)
-            if found is None:
-                problems.append(f"{folder}: no mask folder for '{s}' (looked for {list(options)})")
-                continue
-            masks[s] = _image_index(found, (".bmp", ".png", ".tif", ".tiff", ".jpg"))
-            problems += [
-                f"{p}: a {s} mask without an image in {image_folder}" for n, p in masks[s].items() if n not in images
-            ]
-        if len(masks) < len(structures):
+        masks = _palm_mask_files(folder, structures, images, image_folder, problems)
+        if masks is None:
             continue
         for name, image in sorted(images.items()):
             try:
                 with Image.open(image) as im:
-                    size = im.size
+                    size = im.size  # (W, H)
             except (OSError, UnidentifiedImageError) as e:
                 problems.append(f"{image}: unreadable image ({e})")
                 continue
-            labels, present = [], []
-            for s in structures:
-                target = out / (set_name or ".") / f"{name}_{s}.png"
-                source = masks[s].get(name)
-                if source is not None:
-                    present.append(s)
-                fresh = target.is_file() and (source is None or os.path.getmtime(target) >= os.path.getmtime(source))
-                if fresh and not stale:
-                    labels.append(str(target.resolve()))
-                    continue
-                if source is None:
-                    mask = np.zeros(size[::-1], dtype=np.uint8)  # absent: all background, [H, W]
-                else:
-                    mask, problem = _binary_mask(Path(source), foreground, size, image)
-                    if problem:
-                        problems.append(problem)
-                        continue
-                _write_png(mask, target)
-                labels.append(str(target.resolve()))
+            converted = [
+                _palm_label(
+                    masks[s].get(name), out / (set_name or ".") / f"{name}_{s}.png", image, size, foreground, stale
+                )
+                for s in structures
+            ]
+            labels = [path for path, _ in converted if path]
+            problems += [problem for _, problem in converted if problem]
             if len(labels) == len(structures):
-                sid = f"{set_name}_{name}" if set_name else name
-                entries.append({"subject_id": sid, "image": image, "label": labels, "set": set_name or None,
-                                "structures_present": present})  # fmt: skip
+                entries.append(
+                    {"subject_id": f"{set_name}_{name}" if set_name else name, "image": image, "label": labels,
+                     "set": set_name or None, "structures_present": [s for s in structures if name in masks[s]]}
+                )  # fmt: skip
     _raise(problems, f"the PALM layout in {root}")
     if stale:
         out.mkdir(parents=True, exist_ok=True)
