@@ -727,6 +727,64 @@ def _check_against(recorded: dict, entries: Sequence[dict], path: Path) -> dict[
     return membership
 
 
+def _test_ids(
+    entries: Sequence[dict],
+    test_fraction: float,
+    seed: int,
+    stratify: str | None,
+    group_key: str | None,
+    official_test: Sequence[str] | None,
+) -> set[str]:
+    """``subject_id`` of the test entries of a new split: the ``official_test`` sets, or a seeded stratified draw
+    of ``test_fraction`` of the units (cases, or ``group_key`` groups)."""
+    if official_test:
+        test = {e["subject_id"] for e in entries if e.get("set") in set(official_test)}
+        if not test or len(test) == len(entries):
+            raise ValueError(f"official_test {list(official_test)} selects {len(test)} of {len(entries)} entries")
+        return test
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    key = _stratum_key(entries, stratify)
+    group = (lambda e: str(e[group_key])) if group_key else (lambda e: e["subject_id"])
+    units: dict[str, str] = {}
+    for e in entries:
+        if units.setdefault(group(e), key(e)) != key(e):
+            raise ValueError(f"entries of {group_key} {group(e)!r} have different labels: cannot stratify by group")
+    test_units = _draw(units, test_fraction, seed)
+    return {e["subject_id"] for e in entries if group(e) in test_units}
+
+
+def _reuse_split(path: Path, entries: Sequence[dict], settings: dict) -> dict[str, str]:
+    """Membership recorded in ``path``, after checking it against ``entries`` (:func:`_check_against`)."""
+    try:
+        recorded = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"split file {path} is not valid JSON ({e}); restore it or delete it to draw a new split"
+        ) from e
+    membership = _check_against(recorded, entries, path)
+    if recorded.get("split", {}) != settings:
+        logger.warning(
+            f"reusing the fixed split {path} drawn with {recorded.get('split')}; the settings {settings} are ignored"
+        )
+    logger.info(f"fixed split {path}: reused")
+    return membership
+
+
+def _write_split(path: Path, entries: Sequence[dict], membership: Mapping[str, str], settings: dict) -> None:
+    """The split as a decathlon-style datalist, written atomically (DDP ranks may draw the same split at once)."""
+    out = {
+        "description": "fixed train/test split of an MRM downstream task (training = train, validation = test)",
+        "split": settings,
+        **{s: [e for e in entries if membership[e["subject_id"]] == s] for s in ("training", "validation")},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    os.replace(tmp, path)
+    logger.info(f"fixed split {path}: {len(out['training'])} training, {len(out['validation'])} validation (new)")
+
+
 def fixed_split(
     entries: Sequence[dict],
     split_file: str | os.PathLike,
@@ -767,49 +825,11 @@ def fixed_split(
     settings = {"test_fraction": test_fraction, "seed": seed, "stratify": stratify, "group_key": group_key,
                 "official_test": list(official_test) if official_test else None}  # fmt: skip
     if path.is_file():
-        try:
-            recorded = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(
-                f"split file {path} is not valid JSON ({e}); restore it or delete it to draw a new split"
-            ) from e
-        membership = _check_against(recorded, entries, path)
-        if recorded.get("split", {}) != settings:
-            logger.warning(
-                f"reusing the fixed split {path} drawn with {recorded.get('split')}; the settings {settings} are ignored"
-            )
-        logger.info(f"fixed split {path}: reused")
+        membership = _reuse_split(path, entries, settings)
     else:
-        if official_test:
-            test = {e["subject_id"] for e in entries if e.get("set") in set(official_test)}
-            if not test or len(test) == len(entries):
-                raise ValueError(f"official_test {list(official_test)} selects {len(test)} of {len(entries)} entries")
-        else:
-            if not 0.0 < test_fraction < 1.0:
-                raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
-            key = _stratum_key(entries, stratify)
-            group = (lambda e: str(e[group_key])) if group_key else (lambda e: e["subject_id"])
-            units: dict[str, str] = {}
-            for e in entries:
-                stratum = key(e)
-                if units.setdefault(group(e), stratum) != stratum:
-                    raise ValueError(
-                        f"entries of {group_key} {group(e)!r} have different labels: cannot stratify by group"
-                    )
-            test_units = _draw(units, test_fraction, seed)
-            test = {e["subject_id"] for e in entries if group(e) in test_units}
+        test = _test_ids(entries, test_fraction, seed, stratify, group_key, official_test)
         membership = {sid: ("validation" if sid in test else "training") for sid in ids}
-        out = {
-            "description": "fixed train/test split of the MRM downstream task (training = train, validation = test)",
-            "split": settings,
-            "training": [e for e in entries if membership[e["subject_id"]] == "training"],
-            "validation": [e for e in entries if membership[e["subject_id"]] == "validation"],
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(out, indent=1))
-        os.replace(tmp, path)  # atomic: DDP ranks may draw the same split at once
-        logger.info(f"fixed split {path}: {len(out['training'])} training, {len(out['validation'])} validation (new)")
+        _write_split(path, entries, membership, settings)
     return {s: [e for e in entries if membership[e["subject_id"]] == s] for s in ("training", "validation")}
 
 
