@@ -74,6 +74,8 @@ def test_qwk_on_a_5x5_confusion_matrix_by_hand():
     assert quadratic_weighted_kappa(torch.tensor(CM)) == pytest.approx(26 / 33, abs=1e-12)
     assert quadratic_weighted_kappa(torch.eye(5) * 3) == pytest.approx(1.0)
     assert np.isnan(quadratic_weighted_kappa(torch.tensor([[4, 0], [0, 0]])))  # one class, all right: undefined
+    # one case, class 0 predicted 1: O = E = [[0, 1], [0, 0]] -> 1 - 1/1 = 0
+    assert quadratic_weighted_kappa(torch.tensor([[0, 1], [0, 0]])) == pytest.approx(0.0)
 
 
 def test_qwk_metric_accumulates_over_batches_from_decollated_items():
@@ -296,3 +298,35 @@ def test_metrics_combine_all_ranks_under_ddp():
         assert auc == pytest.approx(0.6875)
         assert mse == pytest.approx(mse_a)
         assert qwk == pytest.approx(26 / 33)
+
+
+def test_auc_of_one_binary_channel_two_classes_and_a_batch_missing_a_class():
+    # one channel, labels [B]: sex scores 0.9, 0.4 positive vs 0.2, 0.6 negative -> 3/4
+    single = _run({"auc": PerLabelROCAUC(label_names=["sex"])}, [_items([[0.9], [0.2], [0.6], [0.4]], [1, 0, 0, 1])])
+    assert single["auc"] == pytest.approx(0.75)
+    # two classes with index labels: class 1 scores 0.8, 0.3 vs 0.4, 0.1 -> 3/4, and class 0 the mirror -> 3/4
+    two = [[0.2, 0.8], [0.6, 0.4], [0.7, 0.3], [0.9, 0.1]]
+    out = _run({"auc": PerLabelROCAUC(label_names=["a", "b"])}, [_items(two, [1, 0, 1, 0])])
+    assert out["auc_b"] == pytest.approx(0.75) and out["auc_a"] == pytest.approx(0.75)
+    # the first batch holds no grade IV: its one-hot labels still have 3 columns
+    probs = [[0.7, 0.2, 0.1], [0.4, 0.3, 0.3], [0.2, 0.6, 0.2], [0.5, 0.3, 0.2], [0.1, 0.3, 0.6], [0.3, 0.1, 0.6]]
+    items = _items(probs, [0, 0, 1, 1, 2, 2])
+    assert _run({"auc": PerLabelROCAUC(label_names=["II", "III", "IV"])}, [items[:4], items[4:]])["auc_IV"] == 1.0
+
+
+def test_auc_with_no_usable_label_is_nan_and_monai_never_warns(caplog):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = _run(
+            {"auc": PerLabelROCAUC(label_names=["A", "B"])}, [_items([[0.1, 0.2], [0.3, 0.4]], [[0, 1], [0, 1]])]
+        )
+    assert np.isnan(out["auc"]) and out["auc_labels_used"] == 0
+    assert not [w for w in caught if "AUC" in str(w.message)]  # reported once, by our warning only
+
+
+def test_dice_reads_other_keys():
+    item = [{"seg": _mask([(0, 0), (0, 1)])[None], "gt": _mask([(0, 0)])[None]}]
+    out = _run(dice_per_structure(["disc"], pred_key="seg", label_key="gt"), [item])
+    assert out["val_dice_disc"] == pytest.approx(2 * 1 / (2 + 1))

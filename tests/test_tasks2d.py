@@ -205,6 +205,18 @@ def test_palm_errors_name_the_files(tmp_path):
         read_palm(tmp_path / "empty", tmp_path / "masks")
 
 
+def test_palm_threshold_at_128_and_rgb_masks(tmp_path):
+    root = tmp_path / "PALM"
+    _png(root / "Images" / "P0001.jpg", (4, 1))
+    (root / "Disc Masks").mkdir(parents=True)
+    rgb = np.repeat(np.array([[[0], [127], [128], [255]]], dtype=np.uint8), 3, axis=2)  # [1, 4, 3]
+    Image.fromarray(rgb, "RGB").save(root / "Disc Masks" / "P0001.bmp")
+    (dark,) = read_palm(root, tmp_path / "dark", structures=["disc"])
+    assert np.asarray(Image.open(dark["label"][0])).tolist() == [[1, 1, 0, 0]]  # pixel < 128 is the structure
+    (bright,) = read_palm(root, tmp_path / "bright", structures=["disc"], foreground="bright")
+    assert np.asarray(Image.open(bright["label"][0])).tolist() == [[0, 0, 1, 1]]
+
+
 def test_palm_single_set_folder_with_challenge_names(tmp_path):
     root = tmp_path / "PALM-Training400"
     _png(root / "PALM-Training400" / "H0001.jpg")
@@ -239,6 +251,21 @@ def test_crp_targets_in_config_order_with_missing_values(tmp_path):
     assert read_crp(tmp_path, {"sex": "binary", "age": "continuous"})[2]["label"] == [1.0, 70.0]  # drop / reorder
 
 
+@pytest.mark.parametrize(
+    "cell, value", [("1", 1.0), ("0.0", 0.0), (" 1.0 ", 1.0), ("NA", None), ("", None), ("2", "bad"), ("yes", "bad")]
+)
+def test_binary_cells(cell, value):
+    from common.data.tasks2d import _binary
+
+    got = _binary(cell)
+    if value is None:
+        assert math.isnan(got)
+    elif value == "bad":
+        assert got is None
+    else:
+        assert got == value
+
+
 def test_crp_errors(tmp_path):
     _crp(tmp_path)
     with pytest.raises(ValueError, match=r"no column \['bmi'\]"):
@@ -259,9 +286,25 @@ def test_target_stats_by_hand_skip_missing_values(tmp_path):
     assert stats["sbp"]["mean"] == pytest.approx(130.0) and stats["sbp"]["std"] == pytest.approx(math.sqrt(200 / 3))
     with pytest.raises(ValueError, match="'age': 1 values"):
         fit_target_stats([{"label": [50.0]}, {"label": [float("nan")]}], {"age": "continuous"})
+    with pytest.raises(ValueError, match="'age': 3 values with standard deviation 0.0"):
+        fit_target_stats([{"label": [50.0]}] * 3, {"age": "continuous"})
+    # two values are enough, and a std of exactly 1 is fine; a binary target before the continuous one is skipped
+    two = fit_target_stats([{"label": [1.0, 0.0]}, {"label": [0.0, 2.0]}], {"sex": "binary", "age": "continuous"})
+    assert two == {"age": {"mean": 1.0, "std": 1.0}}
 
 
 # ---- glioma -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "written, grade",
+    [("II", 0), ("G3", 1), ("Grade IV", 2), ("2", 0), ("3.0", 1), ("WHO grade 4", 2), ("grade-III", 1), ("G_2", 0),
+     ("who ii", 0), ("V", None), ("1", None), ("", None)],
+)  # fmt: skip
+def test_who_grades(written, grade):
+    from common.data.tasks2d import _who_grade
+
+    assert _who_grade(written) == grade
 
 
 def test_glioma_grades_and_tiles_of_both_layouts(tmp_path):
@@ -308,8 +351,11 @@ def test_split_is_80_20_stratified_seeded_and_independent_of_row_order(tmp_path)
     other = fixed_split(entries, tmp_path / "c.json", seed=4)
     assert {e["subject_id"] for e in other["validation"]} != {e["subject_id"] for e in split["validation"]}
     # largest remainders: 7 cases in classes of 4 and 3 -> round(1.4) = 1 test case in all, from the class of 4
-    small = fixed_split(_entries([0, 0, 0, 0, 1, 1, 1]), tmp_path / "d.json")
-    assert [e["label"] for e in small["validation"]] == [0]
+    small = fixed_split(_entries([0, 0, 0, 1, 1, 1, 1]), tmp_path / "d.json")
+    assert [e["label"] for e in small["validation"]] == [1]
+    # 9 + 13 cases: exact quotas 1.8 and 2.6, floors 1 + 2, round(4.4) = 4: the extra one to the larger remainder
+    remainders = fixed_split(_entries([0] * 9 + [1] * 13), tmp_path / "e.json")
+    assert sorted(e["label"] for e in remainders["validation"]) == [0, 0, 1, 1]
 
 
 def test_split_file_is_written_and_reused_never_redrawn(tmp_path, caplog):
@@ -324,8 +370,10 @@ def test_split_file_is_written_and_reused_never_redrawn(tmp_path, caplog):
     assert reused == first and "settings" in caplog.text and "ignored" in caplog.text
     with pytest.raises(ValueError) as err:
         fixed_split(entries[1:] + _entries([0] * 11)[10:], path)  # s00 gone, s10 new
-    assert "1 case(s) in the data but not in the split: ['s10']" in str(err.value)
-    assert "1 case(s) in the split but no longer in the data: ['s00']" in str(err.value)
+    assert (
+        "1 case(s) in the data but not in the split: ['s10']\n1 case(s) in the split but no longer in the data: ['s00']\n"
+        in str(err.value)
+    )
     assert f"delete {path}" in str(err.value)
     relabelled = [dict(e, label=1) if e["subject_id"] == "s03" else e for e in entries]
     with pytest.raises(ValueError, match=r"label changed: \['s03: 0 -> 1'\]"):
@@ -342,18 +390,58 @@ def test_split_keeps_the_tiles_of_a_case_together(tmp_path):
 
 
 def test_rarest_label_stratification_puts_a_rare_label_in_both_splits(tmp_path):
-    # label 0 common (20 cases), label 1 rare (5 cases, also labelled 0): those 5 form their own stratum
-    labels = [[1, 0]] * 15 + [[1, 1]] * 5
+    # A in 20 images, B in 10, C in 5; 5 images without any label. Rarest positive label: A for [1,0,0] (10),
+    # B for [1,1,0] (5), C for [1,1,1] (5), none (5): 20% of each stratum -> 2, 1, 1, 1 test images
+    labels = [[1, 0, 0]] * 10 + [[1, 1, 0]] * 5 + [[1, 1, 1]] * 5 + [[0, 0, 0]] * 5
     for seed in range(5):
         split = fixed_split(_entries(labels), tmp_path / f"r{seed}.json", seed=seed, stratify="rarest_label")
-        assert sum(e["label"][1] for e in split["validation"]) == 1
-        assert len(split["validation"]) == 4
+        patterns = sorted(tuple(e["label"]) for e in split["validation"])
+        assert patterns == [(0, 0, 0), (1, 0, 0), (1, 0, 0), (1, 1, 0), (1, 1, 1)]
 
 
-def test_split_with_nan_labels_round_trips(tmp_path):
+def test_split_with_nan_labels_round_trips_and_float_changes_are_found(tmp_path):
     entries = _entries([[50.0, float("nan")], [60.0, 1.0], [70.0, 0.0], [64.0, 0.0], [55.0, 1.0]])
-    first = fixed_split(entries, tmp_path / "crp.json", stratify=None)
-    assert fixed_split(entries, tmp_path / "crp.json", stratify=None) == first
+    path = tmp_path / "crp.json"
+    first = fixed_split(entries, path, stratify=None)
+    assert fixed_split(entries, path, stratify=None) == first
+    for i, new in ((0, [50.0, 1.0]), (1, [60.0, 0.0]), (2, [70.5, 0.0])):  # NaN -> value, binary flip, a number
+        changed = [dict(e, label=new) if j == i else e for j, e in enumerate(entries)]
+        with pytest.raises(ValueError, match=f"s0{i}: "):
+            fixed_split(changed, path, stratify=None)
+    scalars = [{"subject_id": f"s{i}", "label": v} for i, v in enumerate([50.0, 60.0, 70.0, 64.0, 55.0])]
+    fixed_split(scalars, tmp_path / "age.json", stratify=None)
+    with pytest.raises(ValueError, match=r"s2: 70.0 -> 71.0"):
+        fixed_split([dict(e, label=71.0) if e["subject_id"] == "s2" else e for e in scalars], tmp_path / "age.json")
+
+
+def test_split_file_problems_are_named(tmp_path):
+    entries = _entries([0, 1] * 10)
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"training": [{"image": "x.png"}]}))
+    with pytest.raises(ValueError, match="has no training/validation entries with a subject_id"):
+        fixed_split(entries, path)
+    path.write_text(json.dumps({"training": entries}))  # no validation list at all: everything recorded as training
+    assert len(fixed_split(entries, path)["training"]) == 20
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        fixed_split(entries, path)
+    fixed_split(entries, tmp_path / "t.json")
+    with pytest.raises(ValueError) as err:
+        fixed_split(entries + _entries([0] * 32)[20:], tmp_path / "t.json")  # 12 new cases: 10 listed
+    assert "12 case(s) in the data but not in the split: ['s20'," in str(err.value)
+    assert "'s29'] ...\n" in str(err.value) and "s30" not in str(err.value)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, 1.5])
+def test_test_fraction_must_be_a_share(tmp_path, fraction):
+    with pytest.raises(ValueError, match=r"test_fraction must lie in \(0, 1\)"):
+        fixed_split(_entries([0, 1] * 5), tmp_path / "f.json", test_fraction=fraction)
+
+
+def test_group_with_two_labels_cannot_be_stratified(tmp_path):
+    entries = [{"subject_id": "c1/a", "case_id": "c1", "label": 0}, {"subject_id": "c1/b", "case_id": "c1", "label": 1}]
+    with pytest.raises(ValueError, match="entries of case_id 'c1' have different labels"):
+        fixed_split(entries, tmp_path / "g.json", group_key="case_id")
 
 
 def test_official_test_set(tmp_path):

@@ -223,3 +223,88 @@ def test_binary_probabilities_leave_continuous_channels_in_their_units():
     assert torch.allclose(to_prob(torch.tensor([64.0, 110.0, 0.0])), torch.tensor([64.0, 110.0, 0.5]))
     with pytest.raises(ValueError, match="3 target channels"):
         to_prob(torch.zeros(2, 4))
+
+
+# ---- defaults and argument wiring -------------------------------------------------------------------------------
+
+
+def test_defaults_are_the_papers_vit_b16_at_224():
+    import inspect
+
+    for factory in (TransferViT2D, transfer_unetr_2d):
+        p = inspect.signature(factory).parameters
+        assert (p["img_size"].default, p["hidden_size"].default, p["mlp_dim"].default, p["num_heads"].default) == (
+            224, 768, 3072, 12
+        )  # fmt: skip
+        assert p["in_channels"].default == 3 and p["qkv_bias"].default is False
+    p = inspect.signature(TransferViT2D).parameters
+    assert p["num_layers"].default == 12 and p["patch_size"].default == 16
+    assert inspect.signature(transfer_unetr_2d).parameters["norm_name"].default == "instance"
+    assert inspect.signature(transfer_unetr_2d).parameters["feature_size"].default == 16
+    p = inspect.signature(layer_decay_param_groups).parameters
+    assert (p["weight_decay"].default, p["layer_decay"].default) == (0.05, 0.75)  # MAE / BEiT fine-tuning
+
+
+@pytest.mark.parametrize("factory", ["classifier", "unetr"])
+def test_encoder_arguments_reach_the_vit(factory):
+    kwargs = dict(qkv_bias=True, dropout_rate=0.25, fused_attention=False, **TINY)
+    if factory == "classifier":
+        net = TransferViT2D(2, num_layers=1, **kwargs)
+    else:
+        net = transfer_unetr_2d(2, feature_size=4, norm_name="batch", **kwargs)
+        assert net.encoder1.layer.conv1.conv.weight.shape[0] == 4  # feature_size
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # norm_name
+    block = net.vit.blocks[0]
+    assert block.attn.qkv.bias is not None
+    assert block.mlp.drop1.p == 0.25
+    assert block.attn.use_flash_attention is False
+
+
+def test_single_output_head_and_kinds_are_recorded():
+    net = TransferViT2D(1, num_layers=1, **TINY)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 1)
+    assert TransferViT2D(3, num_layers=1, **TINY).target_kinds == ["class"] * 3
+    assert TransferViT2D(targets=CRP, target_stats=STATS, num_layers=1, **TINY).target_kinds == list(CRP.values())
+    with pytest.raises(ValueError, match="targets is empty"):
+        TransferViT2D(targets={}, **TINY)
+
+
+def test_target_loss_partial_weights_small_weights_and_shape_errors():
+    pred = torch.tensor([[68.0, 150.0, 0.0]])
+    target = torch.tensor([[60.0, 110.0, 1.0]])
+    # unnamed targets weigh 1: (2 * 1 + 4 + log 2) / 4
+    partial = TargetLoss(CRP, STATS, weights={"age": 2.0})
+    assert partial(pred, target).item() == pytest.approx((2 + 4 + math.log(2)) / 4, rel=1e-6)
+    small = TargetLoss(CRP, STATS, weights={"age": 0.1, "sbp": 0.1, "sex": 0.1})  # weights summing below 1
+    assert small(pred, target).item() == pytest.approx((1 + 4 + math.log(2)) / 3, rel=1e-6)
+    loss = TargetLoss(CRP, STATS)
+    assert loss(pred, target.double()).item() == pytest.approx((1 + 4 + math.log(2)) / 3, rel=1e-6)
+    with pytest.raises(ValueError, match=r"expected pred and target \[B, 3\], got \(1, 3\), \(1, 2\)"):
+        loss(pred, target[:, :2])
+    with pytest.raises(ValueError, match=r"got \(1, 4\), \(1, 4\)"):
+        loss(torch.zeros(1, 4), torch.zeros(1, 4))
+
+
+class _Wrapped(torch.nn.Module):
+    """Names like DDP's: ``module.vit.blocks.0...``."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.module = net
+
+
+def test_layer_decay_of_a_ddp_wrapped_net_another_prefix_and_a_net_without_blocks():
+    net = TransferViT2D(5, num_layers=2, **TINY)
+    groups = layer_decay_param_groups(_Wrapped(net), lr=1.0, layer_decay=0.5)
+    assert sorted({g["lr"] for g in groups}) == [0.125, 0.25, 0.5, 1.0]
+    assert sorted({g["lr_scale"] for g in groups}) == [0.125, 0.25, 0.5, 1.0]
+
+    class Renamed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.head = net.vit, net.head
+
+    renamed = layer_decay_param_groups(Renamed(), lr=1.0, layer_decay=0.5, encoder_prefix="encoder.")
+    assert sorted({g["layer_id"] for g in renamed}) == [0, 1, 2, 3]
+    plain = layer_decay_param_groups(torch.nn.Linear(2, 2), lr=0.1, layer_decay=0.5)
+    assert [(g["layer_id"], g["lr"]) for g in plain] == [(1, 0.1), (1, 0.1)]  # no blocks: everything is the top

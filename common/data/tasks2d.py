@@ -155,15 +155,9 @@ def _duplicates(rows: list[tuple[int, dict[str, str]]], column: str, path: Path)
 
 
 def _binary(value: str) -> float | None:
-    """0/1 (also ``0.0``/``1.0``, ``true``/``false``) as a float, NaN for an empty/NA cell, ``None`` if invalid."""
-    v = value.strip().lower()
-    if v in _MISSING:
-        return float("nan")
-    if v in ("1", "1.0", "true", "yes"):
-        return 1.0
-    if v in ("0", "0.0", "false", "no"):
-        return 0.0
-    return None
+    """0 or 1 (``0.0``/``1.0`` too) as a float, NaN for an empty/NA cell, ``None`` for anything else."""
+    x = _number(value)
+    return x if x is None or x != x or x in (0.0, 1.0) else None
 
 
 def _number(value: str) -> float | None:

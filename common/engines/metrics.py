@@ -131,15 +131,15 @@ def confusion_matrix(pred: Any, target: Any, num_classes: int) -> Any:
 def quadratic_weighted_kappa(cm: Any) -> float:
     """Cohen's weighted kappa with quadratic weights (Cohen 1968; the paper's APTOS metric) from a confusion matrix.
 
-    ``kappa = 1 - sum(W * O) / sum(W * E)`` with ``W_ij = (i - j)^2 / (K - 1)^2``, ``O`` the observed counts and
-    ``E`` the counts expected by chance (outer product of the true and predicted class totals / N). Returns NaN
-    when chance agreement is perfect (e.g. every case of one class and predicted so), where kappa is undefined.
+    ``kappa = 1 - sum(W * O) / sum(W * E)`` with ``W_ij = (i - j)^2``, ``O`` the observed counts and ``E`` the
+    counts expected by chance (outer product of the true and predicted class totals / N). The usual normalisation
+    ``W / (K - 1)^2`` cancels in the ratio and is left out. Returns NaN when chance agreement is perfect (e.g. every
+    case of one class and predicted so), where kappa is undefined.
     """
     o = torch.as_tensor(cm, dtype=torch.float64)
-    k = o.shape[0]
-    i = torch.arange(k, dtype=torch.float64)
-    w = (i[:, None] - i[None, :]).pow(2) / max(k - 1, 1) ** 2  # W_ij = (i - j)^2 / (K - 1)^2
-    e = o.sum(1, keepdim=True) * o.sum(0, keepdim=True) / o.sum().clamp(min=1)  # E_ij = n_i. n_.j / N
+    i = torch.arange(o.shape[0], dtype=torch.float64)
+    w = (i[:, None] - i[None, :]).pow(2)  # W_ij = (i - j)^2
+    e = torch.outer(o.sum(1), o.sum(0)) / o.sum().clamp(min=1)  # E_ij = n_i. n_.j / N
     expected = (w * e).sum()
     if expected == 0:
         return float("nan")
