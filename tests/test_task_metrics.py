@@ -64,6 +64,16 @@ def test_confusion_matrix_rows_are_true_classes():
     assert confusion_matrix(_one_hot_scores(PRED), onehot, 5).tolist() == CM
     with pytest.raises(ValueError, match="outside"):
         confusion_matrix(torch.tensor([0, 5]), torch.tensor([0, 1]), 5)
+    for bad_label in (5, -1):  # labels out of range, not only predictions
+        with pytest.raises(ValueError, match=rf"labels \[{bad_label}\]"):
+            confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, bad_label]), 5)
+    with pytest.raises(ValueError, match="3 predictions but 2 labels"):
+        confusion_matrix(torch.tensor([0, 1, 1]), torch.tensor([0, 1]), 5)
+    # two classes from scores: argmax of each row
+    assert confusion_matrix(torch.tensor([[0.9, 0.1], [0.3, 0.7]]), torch.tensor([1, 1]), 2).tolist() == [
+        [0, 0],
+        [1, 1],
+    ]
 
 
 def test_qwk_on_a_5x5_confusion_matrix_by_hand():
@@ -195,6 +205,19 @@ def test_mse_after_de_standardisation_by_hand():
 def test_stacked_transform_shapes():
     pred, label = stacked()(_items([[1.0, 2.0]] * 3, [[0, 1]] * 3))
     assert pred.shape == label.shape == (3, 2) and label.dtype == torch.float32
+    pred, label = stacked()({"pred": torch.tensor([1.0, 2.0]), "label": torch.tensor([0, 1])})  # one item
+    assert pred.shape == (1, 2)
+
+
+def test_metric_argument_errors():
+    from ignite.exceptions import NotComputableError
+
+    with pytest.raises(ValueError, match=r"have no continuous target"):
+        PerTargetMSE({"sex": "binary"})
+    with pytest.raises(ValueError, match=r"have no binary target"):
+        PerLabelROCAUC(targets={"age": "continuous"})
+    with pytest.raises(NotComputableError, match="PerLabelROCAUC needs at least one case"):
+        PerLabelROCAUC(label_names=["A"]).compute()
 
 
 # ---- Dice per structure ---------------------------------------------------------------------------------------

@@ -288,6 +288,12 @@ def test_target_stats_by_hand_skip_missing_values(tmp_path):
         fit_target_stats([{"label": [50.0]}, {"label": [float("nan")]}], {"age": "continuous"})
     with pytest.raises(ValueError, match="'age': 3 values with standard deviation 0.0"):
         fit_target_stats([{"label": [50.0]}] * 3, {"age": "continuous"})
+    with pytest.raises(ValueError) as err:  # every bad target named, in the error about standardising
+        fit_target_stats(
+            [{"label": [50.0, float("nan"), 1.0]}] * 3, {"a": "continuous", "b": "continuous", "c": "continuous"}
+        )
+    assert "cannot standardise" in str(err.value) and "3 problem(s)" in str(err.value)  # a and c constant, b empty
+    assert "'b': 0 values with standard deviation n/a" in str(err.value)
     # two values are enough, and a std of exactly 1 is fine; a binary target before the continuous one is skipped
     two = fit_target_stats([{"label": [1.0, 0.0]}, {"label": [0.0, 2.0]}], {"sex": "binary", "age": "continuous"})
     assert two == {"age": {"mean": 1.0, "std": 1.0}}
@@ -468,3 +474,26 @@ def test_task_datalist_end_to_end(tmp_path):
     assert (tmp_path / "out" / "palm_masks" / "Testing" / "T0001_disc.png").is_file()
     with pytest.raises(ValueError, match="unknown task"):
         task_datalist("refuge", tmp_path, path)
+
+
+def test_split_mismatch_lists_at_most_ten_of_each(tmp_path):
+    entries = _entries([0, 1] * 15)  # s00 .. s29
+    fixed_split(entries, tmp_path / "m.json")
+    current = [dict(e, label=1 - e["label"]) if 11 <= i < 22 else e for i, e in enumerate(entries)][11:]  # 11 gone
+    current += [{"subject_id": f"n{i}", "label": 0} for i in range(10)]  # 10 new
+    with pytest.raises(ValueError) as err:
+        fixed_split(current, tmp_path / "m.json")
+    lines = str(err.value).split("\n")
+    assert lines[1] == "10 case(s) in the data but not in the split: " + str([f"n{i}" for i in range(10)])
+    assert (
+        lines[2]
+        == "11 case(s) in the split but no longer in the data: " + str([f"s{i:02d}" for i in range(10)]) + " ..."
+    )
+    assert lines[3].startswith("11 case(s) whose label changed: ['s11: 1 -> 0'") and lines[3].endswith(
+        "'s20: 0 -> 1'] ..."
+    )
+
+
+def test_unknown_stratification(tmp_path):
+    with pytest.raises(ValueError, match="stratify must be 'label', 'rarest_label' or None, got 'class'"):
+        fixed_split(_entries([0, 1] * 5), tmp_path / "u.json", stratify="class")

@@ -61,6 +61,15 @@ def test_continuous_targets_come_out_de_standardised_and_binary_as_logits():
     assert torch.allclose(out, torch.tensor([[64.0, 110.0, 2.0]] * 2))
 
 
+def test_missing_target_statistics_are_warned_about(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        net = TransferViT2D(targets=CRP, num_layers=1, **TINY)
+    assert "no target_stats for the continuous targets ['age', 'sbp']" in caplog.text
+    assert "fit_target_stats" in caplog.text and torch.equal(net.target_std, torch.ones(3))
+
+
 def test_target_statistics_travel_in_the_checkpoint(tmp_path):
     trained = TransferViT2D(targets=CRP, target_stats=STATS, num_layers=1, **TINY)
     torch.save(trained.state_dict(), tmp_path / "model.pt")
