@@ -492,6 +492,15 @@ def test_split_mismatch_lists_at_most_ten_of_each(tmp_path):
     assert lines[3].startswith("11 case(s) whose label changed: ['s11: 1 -> 0'") and lines[3].endswith(
         "'s20: 0 -> 1'] ..."
     )
+    # the other way round: 11 new (listed with ' ...'), 10 gone and 10 changed (listed whole)
+    current = [dict(e, label=1 - e["label"]) if 10 <= i < 20 else e for i, e in enumerate(entries)][10:]
+    current += [{"subject_id": f"n{i:02d}", "label": 0} for i in range(11)]
+    with pytest.raises(ValueError) as err:
+        fixed_split(current, tmp_path / "m.json")
+    lines = str(err.value).split("\n")
+    assert lines[1].startswith("11 case(s) in the data") and lines[1].endswith("'n09'] ...")
+    assert lines[2].startswith("10 case(s) in the split") and lines[2].endswith("'s09']")
+    assert lines[3].startswith("10 case(s) whose label changed") and lines[3].endswith("'s19: 1 -> 0']")
 
 
 def test_unknown_stratification(tmp_path):
