@@ -172,3 +172,33 @@ def test_aggregator_keys_are_transmil_and_padding_is_exact():
     assert torch.allclose(out[1, 0], agg(x[1:, :25])[0, 0], atol=1e-5)  # CLS_img of the padded bag
     with pytest.raises(ValueError, match="1024|16"):
         agg(torch.randn(1, 5, 12))
+
+
+def test_returned_matrices_compose_to_the_output():
+    torch.manual_seed(0)
+    attn = NystromAttention(16, dim_head=4, heads=4, num_landmarks=8, residual=False).eval()
+    x = torch.randn(2, 30, 16)
+    mask = torch.arange(30)[None] < torch.tensor([[30], [19]])
+    out, (attn1, kernel_inv, attn3) = attn(x, mask, return_attn_matrices=True)
+    assert attn1.shape == (2, 4, 30, 8) and kernel_inv.shape == (2, 4, 8, 8) and attn3.shape == (2, 4, 8, 30)
+    v = attn.to_qkv(x).chunk(3, -1)[2].unflatten(-1, (4, 4)).transpose(1, 2) * mask[:, None, :, None]
+    composed = attn.to_out((attn1 @ kernel_inv @ attn3 @ v).transpose(1, 2).flatten(2))
+    assert torch.allclose(out[0], composed[0], atol=1e-5) and torch.allclose(out[1, :19], composed[1, :19], atol=1e-5)
+    assert torch.all(attn3[1, :, :, 19:] == 0)  # padded keys get no weight
+
+
+def test_autocast_keeps_the_pseudo_inverse_in_float32():
+    torch.manual_seed(0)
+    agg = NystromAggregator(in_features=8, dim=16, heads=2, num_landmarks=8, dropout=0.0).eval()
+    x = torch.randn(1, 200, 8)
+    seen, original = [], agg.layer1.attn.landmark_kernel_pinv
+
+    def spy(*args):
+        seen.append(original(*args))
+        return seen[-1]
+
+    agg.layer1.attn.landmark_kernel_pinv = spy
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = agg(x)
+    assert seen[0].dtype == torch.float32 and torch.isfinite(low).all()
+    assert torch.allclose(low.float(), agg(x), atol=0.1)

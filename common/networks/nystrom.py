@@ -162,6 +162,18 @@ class NystromAttention(nn.Module):
             k = residual_conv_kernel
             self.res_conv = nn.Conv2d(heads, heads, (k, 1), padding=(k // 2, 0), groups=heads, bias=False)
 
+    def landmark_kernel_pinv(self, q_l: torch.Tensor, k_l: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """``pinv(softmax(Q~ K~^T / sqrt(d)))`` in at least float32 (also under autocast: the iteration is unstable
+        in half precision), with each bag's empty landmarks as an identity block so they drop out of the product."""
+        with torch.autocast(device_type=q_l.device.type, enabled=False):
+            dtype = torch.promote_types(q_l.dtype, torch.float32)  # half -> float32, float64 stays
+            q_l, k_l = q_l.to(dtype), k_l.to(dtype)
+            pair = valid[:, None, :, None] & valid[:, None, None, :]  # [B, 1, m, m]
+            kernel = (q_l @ k_l.transpose(-1, -2)).masked_fill(~pair, torch.finfo(q_l.dtype).min).softmax(-1)
+            eye = torch.eye(q_l.shape[2], device=q_l.device, dtype=q_l.dtype)
+            kernel = torch.where(valid[:, None, :, None], kernel, eye)
+            return moore_penrose_pinv(kernel, self.pinv_iterations)
+
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, return_attn_matrices: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -185,11 +197,7 @@ class NystromAttention(nn.Module):
         q, k, v = q * (keep * self.scale), k * keep, v * keep  # padded tokens: zero q, k, v
         q_l, landmark_valid = segment_landmarks(q, lengths, m)  # Q~: [B, H, m, d]
         k_l, _ = segment_landmarks(k, lengths, m)  # K~: [B, H, m, d]
-        pair = landmark_valid[:, None, :, None] & landmark_valid[:, None, None, :]  # [B, 1, m, m]
-        kernel = (q_l @ k_l.transpose(-1, -2)).masked_fill(~pair, torch.finfo(q.dtype).min).softmax(-1)
-        eye = torch.eye(m, device=x.device, dtype=q.dtype)
-        kernel = torch.where(landmark_valid[:, None, :, None], kernel, eye)  # empty landmarks: identity block
-        kernel_inv = moore_penrose_pinv(kernel, self.pinv_iterations)  # [B, H, m, m]
+        kernel_inv = self.landmark_kernel_pinv(q_l, k_l, landmark_valid).to(q.dtype)  # [B, H, m, m]
         key_mask, landmark_mask = valid[:, None, None, :], landmark_valid[:, None, None, :]
         # Eq. 2, right to left: softmax(Q~ K^T / sqrt(d)) V, then pinv(.) times it, then softmax(Q K~^T / sqrt(d)) (.)
         context = F.scaled_dot_product_attention(q_l, k, v, attn_mask=key_mask, scale=1.0)  # [B, H, m, d]
