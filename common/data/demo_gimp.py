@@ -11,8 +11,8 @@ relies on and class signal in both modalities:
   about 0.8 / 0.8 / 0.88; the default 10-patient test split is far too small to show it reliably).
 * **slides**: one per patient, two for ``two_slide_fraction`` of them (default 1/4); ``N`` patches per slide,
   log-uniform in ``[min_patches, max_patches]`` (default 200..3000). Patches sit on a 256-px grid inside a smooth
-  random tissue blob, listed row by row (CLAM's order), so neighbours in the sequence are neighbours on the
-  slide. Tissue types (tumour, stroma, lymphocytes, necrosis, normal) form smooth regions; a tumour patch is of
+  random tissue blob, listed in CLAM's order (its ``meshgrid(..., indexing="ij")``: x outer, y inner, i.e.
+  column by column), so neighbours in the sequence are neighbours on the slide. Tissue types (tumour, stroma, lymphocytes, necrosis, normal) form smooth regions; a tumour patch is of
   subtype A with probability ``sigmoid(1.5 s_img)``, else B. A patch feature is ``relu(prototype of its type
   + smooth spatial field + noise)``, 1024-d and non-negative like CLAM's mean-pooled ResNet-50 features; the A
   and B prototypes differ by +-0.5 in 20 % of the dimensions.
@@ -89,8 +89,9 @@ def _slide(
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     radial = -(((yy - shape[0] / 2) / shape[0]) ** 2 + ((xx - shape[1] / 2) / shape[1]) ** 2) * 8.0
     blob = radial + 0.6 * _smooth(shape, rng, max(1.0, width / 8))
-    cells = np.sort(np.argsort(-blob, axis=None, kind="stable")[:n])  # n tissue cells, row-major order
-    rows, cols = np.unravel_index(cells, shape)
+    rows, cols = np.unravel_index(np.argsort(-blob, axis=None, kind="stable")[:n], shape)  # n tissue cells
+    order = np.lexsort((rows, cols))  # CLAM's order: x (column) outer, y (row) inner
+    rows, cols = rows[order], cols[order]
     fields = np.stack([_smooth(shape, rng, max(1.0, width / 10)) for _ in _TISSUES])  # [5, H, W]
     fields[0] += rng.uniform(-0.3, 0.8)  # how much tumour this slide has
     tissue = fields[:, rows, cols].argmax(0)  # [n]: 0 tumour .. 4 normal

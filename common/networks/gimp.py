@@ -185,8 +185,8 @@ class GiMP(_FrozenGeneEncoder):
             ``loss_rec``, ``loss_tri``, ``num_triplets`` and, for inspection, ``cls_img``, ``cls_ge``, ``cls_pat``,
             ``pred`` (``H_rec``), ``target`` (``H_mpm``), ``mask`` (``M``), ``indices`` (the window's patches).
         """
-        target, masked, mask, idx = self.random_masking(features, lengths, generator)
-        cls_img, patch_tokens = self.forward_encoder(masked)
+        target, masked_input, mask, idx = self.random_masking(features, lengths, generator)
+        cls_img, patch_tokens = self.forward_encoder(masked_input)
         pred = self.decoder(patch_tokens)  # H_rec: [B, L, F]
         out = self.forward_embedding(cls_img, expression)
         loss_tri, count = triplet_loss(out["cls_pat"], labels, self.margin, self.mining)  # Eq. 4
