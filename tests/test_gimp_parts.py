@@ -263,3 +263,147 @@ def test_classifier_variants_and_checkpoint_from_pretraining():
     free = GiMPClassifier(NystromAggregator(F, D, heads=4), GroupMSA(G, 8, 2, hidden_size=D, num_heads=4),
                           freeze_gene_encoder=False)  # fmt: skip
     assert free.train().gene_encoder.training and all(p.requires_grad for p in free.gene_encoder.parameters())
+
+
+# ---------------------------------------------------------------- defaults, edge cases and argument plumbing
+
+
+def _default(fn, name):
+    import inspect
+
+    return inspect.signature(fn).parameters[name].default
+
+
+def test_paper_defaults():
+    from common.masking import subsequence as s
+
+    assert _default(s.subsequence_indices, "length") == _default(s.take_subsequence, "length") == 6000
+    assert _default(s.random_patch_mask, "ratio") == 0.5
+    assert (_default(triplet_loss, "margin"), _default(triplet_loss, "mining")) == (0.8, "all")
+    assert _default(masked_l1_loss, "reduction") == "mean"
+    defaults = {k: _default(GiMP.__init__, k) for k in
+                ("subsequence_length", "mask_ratio", "mask_token", "margin", "mining", "rec_reduction",
+                 "decoder_hidden")}  # fmt: skip
+    assert defaults == dict(subsequence_length=6000, mask_ratio=0.5, mask_token="learned", margin=0.8, mining="all",
+                            rec_reduction="mean", decoder_hidden=0)  # fmt: skip
+    clf = {k: _default(GiMPClassifier.__init__, k) for k in
+           ("num_classes", "head_hidden", "head_dropout", "freeze_gene_encoder")}  # fmt: skip
+    assert clf == dict(num_classes=2, head_hidden=None, head_dropout=0.0, freeze_gene_encoder=True)
+
+
+def test_factories():
+    from common.networks.gimp import gimp_base
+
+    base = gimp_base(num_genes=60480, subsequence_length=100)
+    agg, enc = base.aggregator, base.gene_encoder
+    assert (agg.in_features, agg.dim, agg.layer1.attn.heads, agg.layer1.attn.num_landmarks) == (1024, 512, 8, 256)
+    assert (enc.num_genes, enc.fragment_length, enc.num_groups, enc.hidden_size) == (60480, 64, 32, 512)
+    assert base.subsequence_length == 100 and base.decoder.out_features == 1024
+    tiny = gimp_tiny(num_genes=40, in_features=16)
+    a, e = tiny.aggregator, tiny.gene_encoder
+    assert (a.in_features, a.dim, a.layer1.attn.heads, a.layer1.attn.num_landmarks, a.layer1.attn.to_out[1].p) == (
+        16, 32, 4, 8, 0.0)  # fmt: skip
+    assert (e.fragment_length, e.num_groups, e.hidden_size, e.intra[0].attn.num_heads) == (8, 2, 32, 4)
+
+
+def test_window_edge_cases_and_errors():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(30):  # short and exactly-L bags always start at 0, whatever the draw
+        idx = subsequence_indices(torch.tensor([3, 7]), length=7, generator=g)
+        assert idx.tolist() == [[0, 1, 2, 0, 1, 2, 0], list(range(7))]
+    assert subsequence_indices(torch.tensor([5]), length=1, generator=g).shape == (1, 1)
+    with pytest.raises(ValueError, match=r"positive bag sizes, got \[3, 0\]"):
+        subsequence_indices(torch.tensor([3, 0]), length=2)
+    with pytest.raises(ValueError, match="positive bag sizes"):
+        subsequence_indices(torch.tensor([[3]]), length=2)
+    with pytest.raises(ValueError, match="subsequence length must be positive, got 0"):
+        subsequence_indices(torch.tensor([3]), length=0)
+    x = torch.randn(2, 6, 3)
+    assert torch.equal(take_subsequence(x, None, length=6)[0], x)  # no lengths: every bag is all 6 patches
+    with pytest.raises(ValueError, match=r"expected patch features \[B, N, D\], got \[6, 3\]"):
+        take_subsequence(x[0], length=2)
+    with pytest.raises(ValueError, match=r"lengths must be \[B\] = \[2\] values in 1..6, got \[7, 2\]"):
+        take_subsequence(x, torch.tensor([7, 2]), length=2)
+    with pytest.raises(ValueError, match=r"lengths must be \[B\]"):
+        take_subsequence(x, torch.tensor([2]), length=2)
+
+
+def test_reproducible_with_a_generator():
+    g1, g2, g3 = (torch.Generator().manual_seed(s) for s in (7, 7, 8))
+    lengths = torch.tensor([500, 900])
+    a, b, c = (subsequence_indices(lengths, 20, g) for g in (g1, g2, g3))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    net = _net()
+    features, expression, labels, lengths = _batch()
+    outs = [net(features, expression, labels, lengths, generator=torch.Generator().manual_seed(s)) for s in (3, 3, 4)]
+    assert torch.equal(outs[0]["indices"], outs[1]["indices"]) and torch.equal(outs[0]["mask"], outs[1]["mask"])
+    assert not torch.equal(outs[0]["mask"], outs[2]["mask"])
+
+
+def test_mask_ratio_bounds_and_shape_errors():
+    assert random_patch_mask(2, 8, 0.0).sum() == 0 and random_patch_mask(2, 8, 1.0).all()
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=f"mask ratio must be in \\[0, 1\\], got {bad}"):
+            random_patch_mask(2, 8, bad)
+    with pytest.raises(ValueError, match=r"mask \[1, 3\] must match the first two dims of x \[1, 4, 2\]"):
+        apply_patch_mask(torch.zeros(1, 4, 2), torch.zeros(1, 3, dtype=torch.bool))
+
+
+def test_loss_edge_cases_and_errors():
+    # one masked position of width 1: mean == sum == |error|
+    one = masked_l1_loss(torch.tensor([[[2.0]]]), torch.tensor([[[-1.0]]]), torch.tensor([[True]]))
+    assert one.item() == 3.0
+    p, m = torch.zeros(2, 3, 4), torch.ones(2, 3, dtype=torch.bool)
+    for args in ((p, p, m[:, :2]), (p, p[:, :2], m), (p[0], p[0], m[0])):
+        with pytest.raises(ValueError, match=r"expected pred, target \[B, L, D\] and mask \[B, L\]; got"):
+            masked_l1_loss(*args)
+    # hard mining with a singleton class: anchor 4 (class 2) has no positive and is skipped; it is a negative
+    x = torch.tensor([[0.0], [1.0], [1.5], [4.0], [0.9]])
+    loss, count = triplet_loss(x, torch.tensor([0, 0, 1, 1, 2]), margin=0.8, mining="hard")
+    # a0: pos 1, neg min(2.25, 16, .81) = .81 -> .99; a1: pos 1, neg min(.25, 9, .01) = .01 -> 1.79;
+    # a2: pos 6.25, neg min(2.25, .25, .36) = .25 -> 6.8; a3: pos 6.25, neg min(16, 9, 9.61) = 9 -> 0
+    assert int(count) == 4 and loss.item() == pytest.approx((0.99 + 1.79 + 6.8) / 4)
+    for e, y in ((torch.zeros(3), torch.zeros(3)), (torch.zeros(3, 2), torch.zeros(2))):
+        with pytest.raises(ValueError, match=r"expected embeddings \[B, E\] and labels \[B\], got"):
+            triplet_loss(e, y)
+
+
+def test_cls_img_is_the_class_token_position_and_cls_ge_carries_no_graph():
+    net = _net()
+    features, expression, labels, lengths = _batch()
+    seen = {}
+    net.aggregator.register_forward_hook(lambda m, args, out: seen.update(out=out.detach().clone()))
+    expression.requires_grad_(True)
+    out = net(features, expression, labels, lengths)
+    assert torch.equal(out["cls_img"].detach(), seen["out"][:, 0])
+    assert torch.allclose(out["pred"], net.decoder(seen["out"][:, 1:]))
+    assert out["cls_ge"].grad_fn is None and out["cls_img"].grad_fn is not None
+    with pytest.raises(ValueError, match="mask_token must be 'learned' or 'zeros', got 'noise'"):
+        _net(mask_token="noise")
+    with pytest.raises(ValueError, match="pass the expression vectors"):
+        net(features, None, labels, lengths)
+    mlp = _net(decoder_hidden=1)
+    assert [type(l).__name__ for l in mlp.decoder] == ["Linear", "GELU", "Linear"] and mlp.decoder[2].out_features == F
+
+
+def test_classifier_embedding_head_and_trainable_genes():
+    torch.manual_seed(0)
+    agg = NystromAggregator(F, D, heads=4, num_landmarks=8, dropout=0.0)
+    clf = GiMPClassifier(agg, GroupMSA(G, 8, 2, hidden_size=D, num_heads=4), num_classes=3, head_hidden=7,
+                         head_dropout=0.3).eval()  # fmt: skip
+    features, expression, _, lengths = _batch()
+    emb = clf.embed(features[:1], expression[:1])
+    assert torch.allclose(emb, torch.cat([agg(features[:1])[:, 0], clf.gene_encoder(expression[:1])], 1))
+    assert [type(l).__name__ for l in clf.head] == ["Linear", "ReLU", "Dropout", "Linear"]
+    assert (clf.head[0].out_features, clf.head[2].p, clf.head[3].out_features) == (7, 0.3, 3)
+    linear = GiMPClassifier(agg, GroupMSA(G, 8, 2, hidden_size=D, num_heads=4), head_hidden=0)
+    assert [type(l).__name__ for l in linear.head] == ["Dropout", "Linear"] and linear.head[1].in_features == 2 * D
+    assert GiMPClassifier(agg, None, head_hidden=1).head[0].out_features == 1
+    assert GiMPClassifier(agg).head[0].out_features == D  # default hidden width: the aggregator's
+    free = GiMPClassifier(agg, GroupMSA(G, 8, 2, hidden_size=D, num_heads=4), freeze_gene_encoder=False)
+    free(features, expression, lengths).sum().backward()
+    no_grad = [n for n, p in free.gene_encoder.named_parameters() if p.grad is None]
+    assert all(".norm_cross_attn." in n for n in no_grad)  # MONAI's block keeps that norm without cross-attention
+    for bad in (torch.tensor([50, 0, 3, 3]), torch.tensor([51, 1, 1, 1]), torch.tensor([3, 3])):
+        with pytest.raises(ValueError, match=r"lengths must be \[B\] = \[4\] values in 1..50"):
+            clf(features, expression, bad)

@@ -92,3 +92,31 @@ def test_classifier_learns_a_separable_toy_and_has_encoder_keys():
         opt.step()
     assert clf(x).shape == (30, 3)
     assert (clf(x).argmax(1) == y).float().mean() > 0.9
+
+
+def test_cls_ge_is_the_normed_class_token_after_the_inter_group_block():
+    torch.manual_seed(0)
+    enc = _tiny()
+    x = torch.randn(2, 50)
+    h = enc.fragment_embed(torch.nn.functional.pad(x, (0, 6)).view(2, 7, 8)) + enc.pos_embed  # H_f + positions
+    assert torch.allclose(enc.fragments(x), h)
+    groups = enc.forward_groups(h)
+    tokens = enc.inter[0](torch.cat([enc.cls_token.expand(2, -1, -1), groups], 1))
+    assert torch.allclose(enc(x), enc.norm(tokens[:, 0]), atol=1e-6)
+
+
+def test_defaults_validation_and_state_dict():
+    enc = GroupMSA(60480)
+    blk = enc.intra[0]
+    assert (enc.fragment_length, enc.num_groups, enc.hidden_size) == (64, 32, 512)
+    assert (len(enc.intra), len(enc.inter), blk.attn.num_heads, blk.mlp.linear1.out_features) == (1, 1, 8, 2048)
+    assert blk.attn.qkv.bias is None and enc.pos_embed.shape == (1, 945, 512)
+    assert 0.01 < enc.pos_embed.std() < 0.03 and 0.01 < enc.group_tokens.std() < 0.03  # trunc_normal(std=0.02)
+    assert "token_mask" not in enc.state_dict()  # derived from the sizes, not a weight
+    assert GroupMSAClassifier(num_genes=10, fragment_length=2, num_groups=5).head.out_features == 2
+    GroupMSA(1, 1, 1, hidden_size=8, num_heads=2)  # the smallest valid encoder: one gene, one fragment, one group
+    GroupMSA(10, 2, 5, hidden_size=8, num_heads=2)  # as many groups as fragments
+    for bad in (dict(num_genes=0), dict(fragment_length=0), dict(num_groups=0)):
+        args = {**dict(num_genes=10, fragment_length=2, num_groups=2, hidden_size=8, num_heads=2), **bad}
+        with pytest.raises(ValueError, match="need positive num_genes, fragment_length, num_groups"):
+            GroupMSA(**args)

@@ -204,3 +204,48 @@ def test_autocast_keeps_the_pseudo_inverse_in_float32():
         low = agg(x)
     assert seen[0].dtype == torch.float32 and torch.isfinite(low).all()
     assert torch.allclose(low.float(), agg(x), atol=0.1)
+
+
+def test_translayer_and_aggregator_follow_their_definition():
+    torch.manual_seed(0)
+    agg = NystromAggregator(in_features=8, dim=16, heads=2, num_landmarks=4, dropout=0.0).eval()
+    x = torch.randn(2, 30, 8)
+    h = torch.relu(agg._fc1[0](x))  # input projection: Linear + ReLU
+    h = torch.cat([agg.cls_token.expand(2, -1, -1), h], 1)  # CLS_img first
+    for layer in (agg.layer1, agg.layer2):
+        h = h + layer.attn(layer.norm(h))  # pre-norm attention + residual
+    assert torch.allclose(agg(x), agg.norm(h), atol=1e-6)
+    assert agg.cls_token.shape == (1, 1, 16)  # TransMIL's shape, so its cls_token loads
+
+
+def test_constructor_arguments_reach_every_layer_and_defaults_are_transmil():
+    agg = NystromAggregator(in_features=8, dim=24, num_layers=3, heads=4, dim_head=5, num_landmarks=7,
+                            pinv_iterations=3, residual=True, residual_conv_kernel=9, dropout=0.2)  # fmt: skip
+    assert hasattr(agg, "layer3") and not hasattr(agg, "layer4") and agg._fc1[0].in_features == 8
+    for layer in (agg.layer1, agg.layer2, agg.layer3):
+        a = layer.attn
+        assert (a.heads, a.num_landmarks, a.pinv_iterations, a.to_qkv.out_features) == (4, 7, 3, 3 * 4 * 5)
+        assert a.res_conv.kernel_size == (9, 1) and a.to_out[1].p == 0.2 and a.scale == 5**-0.5
+    assert not hasattr(NystromAggregator(8, 16, heads=2, residual=False).layer1.attn, "res_conv")
+    default = NystromAggregator()
+    a = default.layer1.attn
+    assert (default.in_features, default.dim, default.num_layers) == (1024, 512, 2)
+    assert (a.heads, a.to_qkv.out_features, a.num_landmarks, a.pinv_iterations) == (8, 3 * 512, 256, 6)
+    assert a.res_conv.kernel_size == (33, 1) and a.to_out[1].p == 0.1
+    plain = NystromAttention(64)  # the package's defaults
+    assert (plain.heads, plain.to_qkv.out_features, plain.num_landmarks, plain.pinv_iterations) == (8, 1536, 256, 6)
+    assert plain.to_out[1].p == 0.0 and plain.to_qkv.bias is None and plain.res_conv.bias is None
+    assert moore_penrose_pinv.__defaults__ == (6,)
+    NystromAttention(8, pinv_iterations=0)  # zero iterations is allowed (Z_0 alone)
+    for bad in (dict(num_landmarks=0), dict(pinv_iterations=-1)):
+        with pytest.raises(ValueError, match="num_landmarks >= 1 and pinv_iterations >= 0"):
+            NystromAttention(8, **bad)
+
+
+def test_mask_errors_name_the_bag():
+    attn = NystromAttention(8, dim_head=4, heads=2, num_landmarks=4)
+    x = torch.randn(2, 3, 8)
+    with pytest.raises(ValueError, match=r"empty bag\(s\) at batch index \[0\]"):
+        attn(x, torch.tensor([[False, False, False], [True, False, False]]))
+    with pytest.raises(ValueError, match=r"mask must be \[B, N\] = \[2, 3\], got \[2, 4\]"):
+        attn(x, torch.ones(2, 4, dtype=torch.bool))

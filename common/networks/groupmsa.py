@@ -21,7 +21,9 @@ Choices the paper leaves open (each a constructor argument):
   a fragment holds. The paper's "tokenisation as in NLP" suggests it; it is not written.
 * depths (``intra_layers`` = ``inter_layers`` = 1: "a vanilla MSA block" and "another MSA layer"), width 512
   (the aggregator's, so ``CLS_pat`` is ``2d``), 8 heads, MLP ratio 4: MONAI's pre-norm
-  :class:`~monai.networks.blocks.TransformerBlock`, then a final LayerNorm on ``CLS_ge``.
+  :class:`~monai.networks.blocks.TransformerBlock`, then a final LayerNorm on ``CLS_ge``. MONAI's block always
+  holds a ``norm_cross_attn`` LayerNorm that is unused without cross-attention, so DDP needs
+  ``find_unused_parameters=True`` (as the collection's other multi-GPU configs set) when GroupMSA is trained.
 """
 
 from __future__ import annotations
