@@ -383,7 +383,9 @@ def test_cls_img_is_the_class_token_position_and_cls_ge_carries_no_graph():
     with pytest.raises(ValueError, match="pass the expression vectors"):
         net(features, None, labels, lengths)
     mlp = _net(decoder_hidden=1)
-    assert [type(l).__name__ for l in mlp.decoder] == ["Linear", "GELU", "Linear"] and mlp.decoder[2].out_features == F
+    assert [type(layer).__name__ for layer in mlp.decoder] == ["Linear", "GELU", "Linear"] and mlp.decoder[
+        2
+    ].out_features == F
 
 
 def test_classifier_embedding_head_and_trainable_genes():
@@ -394,10 +396,12 @@ def test_classifier_embedding_head_and_trainable_genes():
     features, expression, _, lengths = _batch()
     emb = clf.embed(features[:1], expression[:1])
     assert torch.allclose(emb, torch.cat([agg(features[:1])[:, 0], clf.gene_encoder(expression[:1])], 1))
-    assert [type(l).__name__ for l in clf.head] == ["Linear", "ReLU", "Dropout", "Linear"]
+    assert [type(layer).__name__ for layer in clf.head] == ["Linear", "ReLU", "Dropout", "Linear"]
     assert (clf.head[0].out_features, clf.head[2].p, clf.head[3].out_features) == (7, 0.3, 3)
     linear = GiMPClassifier(agg, GroupMSA(G, 8, 2, hidden_size=D, num_heads=4), head_hidden=0)
-    assert [type(l).__name__ for l in linear.head] == ["Dropout", "Linear"] and linear.head[1].in_features == 2 * D
+    assert [type(layer).__name__ for layer in linear.head] == ["Dropout", "Linear"] and linear.head[
+        1
+    ].in_features == 2 * D
     assert GiMPClassifier(agg, None, head_hidden=1).head[0].out_features == 1
     assert GiMPClassifier(agg).head[0].out_features == D  # default hidden width: the aggregator's
     free = GiMPClassifier(agg, GroupMSA(G, 8, 2, hidden_size=D, num_heads=4), freeze_gene_encoder=False)

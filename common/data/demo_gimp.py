@@ -12,8 +12,9 @@ relies on and class signal in both modalities:
 * **slides**: one per patient, two for ``two_slide_fraction`` of them (default 1/4); ``N`` patches per slide,
   log-uniform in ``[min_patches, max_patches]`` (default 200..3000). Patches sit on a 256-px grid inside a smooth
   random tissue blob, listed in CLAM's order (its ``meshgrid(..., indexing="ij")``: x outer, y inner, i.e.
-  column by column), so neighbours in the sequence are neighbours on the slide. Tissue types (tumour, stroma, lymphocytes, necrosis, normal) form smooth regions; a tumour patch is of
-  subtype A with probability ``sigmoid(1.5 s_img)``, else B. A patch feature is ``relu(prototype of its type
+  column by column), so neighbours in the sequence are neighbours on the slide. Tissue types (tumour, stroma,
+  lymphocytes, necrosis, normal) form smooth regions; a tumour patch is of subtype A with probability
+  ``sigmoid(1.5 s_img)``, else B. A patch feature is ``relu(prototype of its type
   + smooth spatial field + noise)``, 1024-d and non-negative like CLAM's mean-pooled ResNet-50 features; the A
   and B prototypes differ by +-0.5 in 20 % of the dimensions.
 * **expression**: ``num_genes`` (default 300) FPKM-like values, ``log2(FPKM + 1)`` = gene mean + 10 correlated
@@ -105,9 +106,7 @@ def _slide(
     return features.astype(np.float32), coords, (shape[1] * _PATCH, shape[0] * _PATCH)
 
 
-def _expression(
-    num_genes: int, s_ge: float, rng: np.random.Generator, gene_rng_seed: int
-) -> np.ndarray:
+def _expression(num_genes: int, s_ge: float, rng: np.random.Generator, gene_rng_seed: int) -> np.ndarray:
     """FPKM-like values ``[num_genes]``: log2(FPKM + 1) = mean + modules + noise, signature genes shifted."""
     g = np.random.default_rng([gene_rng_seed, 2 * 10**6])  # the gene table itself: the same for every patient
     means = g.uniform(0.5, 8.0, num_genes)
@@ -140,7 +139,8 @@ def _split(labels: list[int]) -> list[str]:
         n_val = max(1, round(0.2 * len(members)))
         n_test = max(1, round(0.2 * len(members)))
         for rank, i in enumerate(members):
-            out[i] = "testing" if rank >= len(members) - n_test else "validation" if rank >= len(members) - n_test - n_val else "training"  # fmt: skip
+            from_end = len(members) - rank  # the last n_test of a class are test, the n_val before them validation
+            out[i] = "testing" if from_end <= n_test else "validation" if from_end <= n_test + n_val else "training"
     return out
 
 
@@ -208,7 +208,13 @@ def build_demo_gimp(
             s_img, s_ge = sign * signal + rng.standard_normal(), sign * signal + rng.standard_normal()
             case_id = f"DEMO-{i:04d}"
             slides = [f"{case_id}-{k:02d}" for k in range(1, 3 if rng.random() < two_slide_fraction else 2)]
-            entry = {"case_id": case_id, "slide_ids": slides, "h5_files": [], "label": label, "class_name": CLASSES[label]}
+            entry = {
+                "case_id": case_id,
+                "slide_ids": slides,
+                "h5_files": [],
+                "label": label,
+                "class_name": CLASSES[label],
+            }
             if write_pt:
                 entry["pt_files"] = []
             for slide_id in slides:

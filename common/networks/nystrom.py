@@ -67,9 +67,7 @@ def moore_penrose_pinv(x: torch.Tensor, iters: int = 6) -> torch.Tensor:
     return z
 
 
-def segment_landmarks(
-    x: torch.Tensor, lengths: torch.Tensor, num_landmarks: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def segment_landmarks(x: torch.Tensor, lengths: torch.Tensor, num_landmarks: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Segment-means landmarks of each bag: ``Q~``, ``K~`` of Eq. 2.
 
     Bag ``b`` with ``n_b`` valid tokens (a prefix of the sequence) gets ``m_b = min(num_landmarks, n_b)`` landmarks;
@@ -149,7 +147,9 @@ class NystromAttention(nn.Module):
     ) -> None:
         super().__init__()
         if num_landmarks < 1 or pinv_iterations < 0:
-            raise ValueError(f"need num_landmarks >= 1 and pinv_iterations >= 0, got {num_landmarks}, {pinv_iterations}")
+            raise ValueError(
+                f"need num_landmarks >= 1 and pinv_iterations >= 0, got {num_landmarks}, {pinv_iterations}"
+            )
         inner = heads * dim_head
         self.heads = heads
         self.num_landmarks = num_landmarks
