@@ -174,8 +174,9 @@ def build_demo_gimp(
     Example::
 
         >>> import tempfile
-        >>> path = build_demo_gimp(tempfile.mkdtemp(), num_patients=4, num_genes=20, min_patches=20, max_patches=40)
-        >>> sorted(json.load(open(path)))[:3]
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = build_demo_gimp(tmp, num_patients=4, num_genes=20, min_patches=20, max_patches=40)
+        ...     sorted(json.load(open(path)))[:3]
         ['build', 'clam_csv', 'classes']
     """
     if num_patients < 4 or min_patches < 1 or max_patches < min_patches or num_genes < 1:
