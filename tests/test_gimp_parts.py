@@ -54,6 +54,7 @@ def test_apply_mask_with_token_or_zeros():
     assert zeroed[0].tolist() == [[0, 1, 2], [0, 0, 0], [6, 7, 8], [0, 0, 0]]
     token = torch.tensor([-1.0, -2.0, -3.0])
     assert apply_patch_mask(x, mask, token)[0].tolist() == [[0, 1, 2], [-1, -2, -3], [6, 7, 8], [-1, -2, -3]]
+    assert apply_patch_mask(x.half(), mask, token).dtype == torch.float16  # the token takes the features' dtype
 
 
 # ---------------------------------------------------------------- Eq. 3
@@ -286,6 +287,19 @@ def test_paper_defaults():
                  "decoder_hidden")}  # fmt: skip
     assert defaults == dict(subsequence_length=6000, mask_ratio=0.5, mask_token="learned", margin=0.8, mining="all",
                             rec_reduction="mean", decoder_hidden=0)  # fmt: skip
+    # the same, by behaviour (a mutation tool rewrites defaults behind an unchanged signature)
+    assert subsequence_indices(torch.tensor([6001, 2])).shape == (2, 6000)
+    assert take_subsequence(torch.zeros(1, 3, 1))[0].shape == (1, 6000, 1)
+    assert random_patch_mask(1, 10).sum() == 5
+    assert triplet_loss(X, Y)[0].item() == pytest.approx((1.55 + 4.8 + 6.8) / 8)
+    agg = NystromAggregator(F, D, heads=4, num_landmarks=8)
+    net = GiMP(agg)
+    assert (net.subsequence_length, net.mask_ratio, net.margin, net.mining, net.rec_reduction) == (
+        6000, 0.5, 0.8, "all", "mean")  # fmt: skip
+    assert net.mask_token is not None and isinstance(net.decoder, torch.nn.Linear)
+    head = GiMPClassifier(agg).head
+    assert head[-1].out_features == 2 and head[2].p == 0.0
+    assert gimp_tiny(num_genes=G).aggregator.in_features == 1024
     clf = {k: _default(GiMPClassifier.__init__, k) for k in
            ("num_classes", "head_hidden", "head_dropout", "freeze_gene_encoder")}  # fmt: skip
     assert clf == dict(num_classes=2, head_hidden=None, head_dropout=0.0, freeze_gene_encoder=True)
@@ -294,6 +308,7 @@ def test_paper_defaults():
 def test_factories():
     from common.networks.gimp import gimp_base
 
+    assert gimp_base(num_genes=2048, in_features=16).aggregator.in_features == 16
     base = gimp_base(num_genes=60480, subsequence_length=100)
     agg, enc = base.aggregator, base.gene_encoder
     assert (agg.in_features, agg.dim, agg.layer1.attn.heads, agg.layer1.attn.num_landmarks) == (1024, 512, 8, 256)
@@ -380,7 +395,7 @@ def test_cls_img_is_the_class_token_position_and_cls_ge_carries_no_graph():
     assert out["cls_ge"].grad_fn is None and out["cls_img"].grad_fn is not None
     with pytest.raises(ValueError, match="mask_token must be 'learned' or 'zeros', got 'noise'"):
         _net(mask_token="noise")
-    with pytest.raises(ValueError, match="pass the expression vectors"):
+    with pytest.raises(ValueError, match=r"^this model has a gene encoder: pass the expression vectors \[B, G\]$"):
         net(features, None, labels, lengths)
     mlp = _net(decoder_hidden=1)
     assert [type(layer).__name__ for layer in mlp.decoder] == ["Linear", "GELU", "Linear"] and mlp.decoder[
@@ -408,6 +423,9 @@ def test_classifier_embedding_head_and_trainable_genes():
     free(features, expression, lengths).sum().backward()
     no_grad = [n for n, p in free.gene_encoder.named_parameters() if p.grad is None]
     assert all(".norm_cross_attn." in n for n in no_grad)  # MONAI's block keeps that norm without cross-attention
+    assert clf(features, expression, torch.tensor([1, 1, 50, 2])).shape == (4, 3)  # a one-patch bag is a bag
+    with pytest.raises(ValueError, match="gene encoder width 16 != aggregator width 32"):
+        GiMPClassifier(agg, GroupMSA(G, 8, 2, hidden_size=16, num_heads=4))
     for bad in (torch.tensor([50, 0, 3, 3]), torch.tensor([51, 1, 1, 1]), torch.tensor([3, 3])):
         with pytest.raises(ValueError, match=r"lengths must be \[B\] = \[4\] values in 1..50"):
             clf(features, expression, bad)

@@ -128,7 +128,9 @@ def test_bag_output_independent_of_its_batch():
 def test_bad_masks_are_named():
     attn = NystromAttention(8, dim_head=4, heads=2, num_landmarks=4)
     x = torch.randn(2, 6, 8)
-    with pytest.raises(ValueError, match="prefix"):
+    with pytest.raises(
+        ValueError, match=r"^mask must mark each bag's tokens as a prefix \(right padding\); found a gap$"
+    ):
         attn(x, torch.tensor([[True, False, True, True, True, True], [True] * 6]))
     with pytest.raises(ValueError, match="empty bag"):
         attn(x, torch.tensor([[False] * 6, [True] * 6]))
@@ -237,6 +239,12 @@ def test_constructor_arguments_reach_every_layer_and_defaults_are_transmil():
     assert (plain.heads, plain.to_qkv.out_features, plain.num_landmarks, plain.pinv_iterations) == (8, 1536, 256, 6)
     assert plain.to_out[1].p == 0.0 and plain.to_qkv.bias is None and plain.res_conv.bias is None
     assert inspect.signature(moore_penrose_pinv).parameters["iters"].default == 6
+    slow = torch.tensor([[[[1.0, 0.0], [0.0, 1e-4]]]], dtype=torch.float64)  # far from converged after 6 steps
+    assert torch.equal(moore_penrose_pinv(slow), moore_penrose_pinv(slow, 6))
+    assert not torch.allclose(moore_penrose_pinv(slow), moore_penrose_pinv(slow, 7))
+    assert isinstance(a.num_landmarks, int) and isinstance(
+        NystromAggregator(8, 10, heads=2).layer1.attn.num_landmarks, int
+    )
     NystromAttention(8, pinv_iterations=0)  # zero iterations is allowed (Z_0 alone)
     for bad in (dict(num_landmarks=0), dict(pinv_iterations=-1)):
         with pytest.raises(ValueError, match="num_landmarks >= 1 and pinv_iterations >= 0"):
