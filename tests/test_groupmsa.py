@@ -113,8 +113,9 @@ def test_defaults_validation_and_state_dict():
     assert blk.attn.qkv.bias is None and enc.pos_embed.shape == (1, 945, 512)
     assert 0.01 < enc.pos_embed.std() < 0.03 and 0.01 < enc.group_tokens.std() < 0.03  # trunc_normal(std=0.02)
     assert "token_mask" not in enc.state_dict()  # derived from the sizes, not a weight
-    biased = GroupMSA(10, 2, 2, hidden_size=8, num_heads=2, qkv_bias=True)
+    biased = GroupMSA(10, 2, 2, hidden_size=8, num_heads=2, qkv_bias=True, dropout_rate=0.3)
     assert biased.intra[0].attn.qkv.bias is not None and biased.inter[0].attn.qkv.bias is not None
+    assert biased.intra[0].mlp.drop1.p == 0.3 and biased.inter[0].attn.drop_output.p == 0.3
     assert GroupMSAClassifier(num_genes=10, fragment_length=2, num_groups=5).head.out_features == 2
     GroupMSA(1, 1, 1, hidden_size=8, num_heads=2)  # the smallest valid encoder: one gene, one fragment, one group
     GroupMSA(10, 2, 5, hidden_size=8, num_heads=2)  # as many groups as fragments
