@@ -63,7 +63,7 @@ def test_official_layout_imports_and_feeds_the_downstream_loaders(tmp_path, back
     down = build_backbone(backbone, "tiny", in_channels=4, out_channels=3, skip_connections=True, layout=layout)
     assert load_encoder(down, str(tmp_path / "ours.pt"), prefix="encoder.", source_prefix="backbone.encoder.") > 0
     # a downstream network left in the collection layout refuses the weights
-    wrong = build_backbone(backbone, "tiny", in_channels=4, out_channels=3, skip_connections=True)
+    wrong = build_backbone(backbone, "tiny", in_channels=4, out_channels=3, skip_connections=True, layout="collection")
     with pytest.raises(KeyError, match="does not match the encoder"):
         load_encoder(wrong, str(tmp_path / "ours.pt"), prefix="encoder.", source_prefix="backbone.encoder.")
 
@@ -94,7 +94,7 @@ def test_unmatched_keys_are_refused_and_listed(tmp_path):
 
 def test_collection_names_and_missing_or_misshapen_tensors_are_refused():
     """This collection's own UniFormer names are not the authors': refused, listing them; so are gaps and shapes."""
-    ours = build_backbone("uniformer", "tiny").encoder.state_dict()
+    ours = build_backbone("uniformer", "tiny", layout="collection").encoder.state_dict()
     src = {"state_dict": {f"module.uniformer.{k}": v for k, v in ours.items()}}
     with pytest.raises(tool.UnmatchedKeysError, match=r"uniformer\.embeds\.0\.0\.weight"):
         tool.convert(src, "uniformer", "tiny")
@@ -108,7 +108,7 @@ def test_collection_names_and_missing_or_misshapen_tensors_are_refused():
 
 def test_unet_import_refuses_collection_and_renamed_names():
     """The unet3d import maps the authors' UNet only: this collection's UNet3D names and renamed ones are listed."""
-    ours = build_backbone("unet3d", "tiny").encoder.state_dict()
+    ours = build_backbone("unet3d", "tiny", layout="collection").encoder.state_dict()
     with pytest.raises(tool.UnmatchedKeysError, match="UNet, their RecModel, onto the official-layout"):
         tool.convert({"state_dict": {f"module.encoder.{k}": v for k, v in ours.items()}}, "unet3d", "tiny")
     src = official("unet3d")

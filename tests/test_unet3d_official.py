@@ -20,6 +20,7 @@ from conftest import REPO
 
 from common.engines.checkpoint import load_encoder
 from common.networks.brainmvp import BrainMVP, EncoderClassifier, build_backbone
+from common.networks.templates import translation_map
 from common.networks.unet3d import UNet3DOfficial, unet3d, unet3d_tiny
 
 sys.path.insert(0, str(REPO / "tools"))
@@ -178,7 +179,7 @@ def test_missing_renamed_unknown_and_misshapen_keys_are_refused():
 
 def test_collection_named_unet_files_are_refused():
     """This collection's own UNet3D names are not the authors': the unet3d import refuses them, listing them."""
-    ours = build_backbone("unet3d", "tiny").encoder.state_dict()
+    ours = build_backbone("unet3d", "tiny", layout="collection").encoder.state_dict()
     src = {"state_dict": {f"module.encoder.{k}": v for k, v in ours.items()}}
     with pytest.raises(tool.UnmatchedKeysError, match=r"encoder\.stem\.conv_0\.conv\.weight"):
         tool.convert(src, "unet3d", "tiny")
@@ -196,7 +197,7 @@ def test_downstream_network_loads_the_import_with_stem_inflation(tmp_path):
     with torch.no_grad():  # identical modalities: the inflated stem responds as the uni-modal one
         torch.testing.assert_close(down.encoder(x.repeat(1, 4, 1, 1, 1))[-1], ref.features(x)[-1], atol=1e-4, rtol=1e-4)
         assert down(torch.randn(2, 4, 32, 32, 32)).shape == (2, 3, 32, 32, 32)
-    wrong = build_backbone("unet3d", "tiny", in_channels=4, out_channels=3, skip_connections=True)
+    wrong = build_backbone("unet3d", "tiny", in_channels=4, out_channels=3, skip_connections=True, layout="collection")
     with pytest.raises(KeyError, match="does not match the encoder"):
         load_encoder(wrong, str(tmp_path / "ours.pt"), prefix="encoder.", source_prefix="backbone.encoder.")
 
@@ -226,7 +227,8 @@ def test_official_layout_structure_and_interface():
 def test_pretraining_with_the_official_layout():
     torch.manual_seed(0)
     net = BrainMVP(build_backbone("unet3d", "tiny", layout="official"), ["t1", "t2", "flair"], (40, 40, 40))
-    out = net(torch.rand(2, 2, 32, 32, 32), torch.tensor([[0, 1], [2, 0]]), torch.tensor([[0, 0, 0], [8, 8, 8]]))
+    boxes = translation_map(torch.tensor([[0, 0, 0], [8, 8, 8]]))
+    out = net(torch.rand(2, 2, 32, 32, 32), torch.tensor([[0, 1], [2, 0]]), boxes)
     assert out["pred"].shape == (2, 1, 32, 32, 32)
     (out["loss_cmr"] + out["loss_md"] + out["loss_cl"]).backward()
     assert net.encoder.conv1a.weight.grad.abs().sum() > 0
@@ -248,7 +250,8 @@ def test_collection_layout_unchanged():
             assert sum(p.numel() for p in net.encoder.parameters()) == enc_params
             assert hashlib.sha256(listing.encode()).hexdigest().startswith(digest)
     assert (
-        build_backbone("unet3d", "tiny").state_dict().keys() == unet3d_tiny(skip_connections=False).state_dict().keys()
+        build_backbone("unet3d", "tiny", layout="collection").state_dict().keys()
+        == unet3d_tiny(skip_connections=False).state_dict().keys()
     )
 
 
