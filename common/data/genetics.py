@@ -256,9 +256,9 @@ def read_npz(path: str | os.PathLike) -> FeatureTable:
     return FeatureTable(_as_ids(arrays[found["ids"]]), names, values, path)
 
 
-def _numeric_frame(frame: Any, path: str, row_ids: Sequence[str], first_line: int = 2) -> np.ndarray:
+def _numeric_frame(frame: Any, path: str, row_ids: Sequence[str], row_label: str = "subject") -> np.ndarray:
     """Cells of a string DataFrame as float32; missing tokens -> NaN, anything else non-numeric is an error that
-    names the line, subject and column of the first bad cell."""
+    names the line, row (``row_label``: subject or gene) and column of the first bad cell."""
     import pandas as pd
 
     text = frame.apply(lambda col: col.str.strip())
@@ -267,8 +267,9 @@ def _numeric_frame(frame: Any, path: str, row_ids: Sequence[str], first_line: in
     bad = numbers.isna().to_numpy() & ~missing.to_numpy()
     if bad.any():
         r, c = np.argwhere(bad)[0]
+        line = int(frame.index[r]) + 2  # the header is line 1
         raise ValueError(
-            f"{path}: {int(bad.sum())} non-numeric cell(s); first at line {r + first_line}, subject "
+            f"{path}: {int(bad.sum())} non-numeric cell(s); first at line {line}, {row_label} "
             f"{row_ids[r]!r}, column {frame.columns[c]!r}: {text.iat[r, c]!r}"
         )
     return numbers.to_numpy(dtype=np.float32)
