@@ -32,7 +32,8 @@ def digest(folder: Path) -> dict[str, str]:
 def test_build_is_deterministic_cached_and_per_subject(tmp_path):
     a = Path(build_demo_mrm(str(tmp_path / "a"), num_subjects=6, image_size=48, num_snps=20, seed=3))
     b = Path(build_demo_mrm(str(tmp_path / "b"), num_subjects=6, image_size=48, num_snps=20, seed=3))
-    assert digest(a.parent) == digest(b.parent) and len(digest(a.parent)) == 2 * 6 + 3 + 4  # images, masks, bed x3, csv x3, json
+    assert digest(a.parent) == digest(b.parent)
+    assert len(digest(a.parent)) == 2 * 6 + 3 + 4  # images, masks; .bed/.bim/.fam; scores, truth, datalist .csv/.json
     before = a.stat().st_mtime_ns
     assert build_demo_mrm(str(tmp_path / "a"), num_subjects=6, image_size=48, num_snps=20, seed=3) == str(a)
     assert a.stat().st_mtime_ns == before  # reused, not rebuilt

@@ -62,7 +62,9 @@ def test_orientation_by_shape_and_by_trained_genes(tmp_path, caplog):
 
 def test_survpath_rna_clean_layout_is_log_scaled(tmp_path):
     # SurvPath's rna_clean.csv: an unnamed first column of case ids, gene symbols as columns, log2 values
-    path = write(tmp_path / "rna_clean.csv", ",FMO2,APIP,PLCE1\nTCGA-IN-7808,0.62,6.09,-9.97\nTCGA-BR-4253,1.2,5.5,0.3\n")
+    path = write(
+        tmp_path / "rna_clean.csv", ",FMO2,APIP,PLCE1\nTCGA-IN-7808,0.62,6.09,-9.97\nTCGA-BR-4253,1.2,5.5,0.3\n"
+    )
     t = read_expression(path)
     assert t.ids == ["TCGA-IN-7808", "TCGA-BR-4253"] and t.features == ["FMO2", "APIP", "PLCE1"]
     with pytest.raises(ValueError, match=r"rna_clean\.csv: negative values \(first feature 'PLCE1'\)"):

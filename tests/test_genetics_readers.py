@@ -109,7 +109,9 @@ def test_csv_keyed_by_id_column_with_missing_tokens(tmp_path):
 
 def test_csv_non_numeric_cell_names_line_subject_and_column(tmp_path):
     path = write(tmp_path / "pgs.csv", "subject_id,PGS1,PGS2\ns1,0.5,1\ns2,0.1,high\ns3,x,2\n")
-    with pytest.raises(ValueError, match=r"pgs\.csv: 2 non-numeric cell\(s\); first at line 3, subject 's2', column 'PGS2': 'high'"):
+    with pytest.raises(
+        ValueError, match=r"pgs\.csv: 2 non-numeric cell\(s\); first at line 3, subject 's2', column 'PGS2': 'high'"
+    ):
         read_table(path)
     with pytest.raises(ValueError, match=r"pgs\.csv: 1 requested column\(s\) absent \(first: PGS9\)"):
         read_table(write(tmp_path / "pgs.csv", "subject_id,PGS1\ns1,1\n"), features=["PGS9"])
@@ -175,7 +177,9 @@ def test_plink_real_toydata_matches_an_independent_decoder():
     assert step.features == [f"null_{j}" for j in range(0, 10000, 100)]
     np.testing.assert_array_equal(step.values, t.values[:, ::100])
     missing = read_plink(bed_reader_data("some_missing.bed"))
-    np.testing.assert_array_equal(np.isnan(missing.values), np.isnan(decode_bed(bed_reader_data("some_missing.bed"), 100, 100)))
+    np.testing.assert_array_equal(
+        np.isnan(missing.values), np.isnan(decode_bed(bed_reader_data("some_missing.bed"), 100, 100))
+    )
 
 
 def test_plink_errors_name_the_file(tmp_path):
@@ -199,7 +203,9 @@ SSCORE = "#FID\tIID\tALLELE_CT\tNAMED_ALLELE_DOSAGE_SUM\tSCORE1_AVG\tSCORE2_AVG\
 
 
 def test_sscore_columns_names_and_folder_join(tmp_path, caplog):
-    one = write(tmp_path / "PGS000001.sscore", "#IID\tALLELE_CT\tSCORE1_AVG\tSCORE1_SUM\ns1\t10\t0.25\t2.5\ns2\t10\t-0.5\t-5\n")
+    one = write(
+        tmp_path / "PGS000001.sscore", "#IID\tALLELE_CT\tSCORE1_AVG\tSCORE1_SUM\ns1\t10\t0.25\t2.5\ns2\t10\t-0.5\t-5\n"
+    )
     t = read_sscore(one)
     assert t.features == ["PGS000001"] and t.values.ravel().tolist() == [0.25, -0.5]  # *_AVG wins over *_SUM
     two = write(tmp_path / "multi.sscore", SSCORE + "F\ts2\t8\t3\t0.125\t1\nF\ts3\t8\t2\t0.0\t2\n")
@@ -365,7 +371,9 @@ def test_stats_survive_a_weights_only_checkpoint(tmp_path):
     torch.save({"state_dict": {}, "genetics_stats": stats}, tmp_path / "ckpt.pt")
     loaded = torch.load(tmp_path / "ckpt.pt", weights_only=True)["genetics_stats"]
     assert loaded["features"] == stats["features"] and torch.equal(loaded["mean"], stats["mean"])
-    np.testing.assert_array_equal(apply_feature_stats(table4().values, loaded), apply_feature_stats(table4().values, stats))
+    np.testing.assert_array_equal(
+        apply_feature_stats(table4().values, loaded), apply_feature_stats(table4().values, stats)
+    )
 
 
 # -------------------------------------------------------------------------------------------------- transform

@@ -27,9 +27,7 @@ from common.data.validate import (
 )
 
 # an asymmetric 2 x 3 picture (H = 2 rows, W = 3 columns), every pixel different
-PIXELS = np.array(
-    [[[255, 0, 0], [0, 255, 0], [0, 0, 255]], [[10, 20, 30], [40, 50, 60], [70, 80, 90]]], dtype=np.uint8
-)
+PIXELS = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255]], [[10, 20, 30], [40, 50, 60], [70, 80, 90]]], dtype=np.uint8)
 
 
 def save(path: Path, array: np.ndarray, **kwargs) -> str:
@@ -95,11 +93,17 @@ def test_preprocessing_pads_the_short_side_and_keeps_orientation(tmp_path):
     assert out[0, 9, 6].item() == pytest.approx(1.0, abs=1e-3) and out[2, 9, 6].item() == pytest.approx(0, abs=1e-3)
     assert out[2, 20, 24].item() == pytest.approx(1.0, abs=1e-3) and out[0, 20, 24].item() == pytest.approx(0, abs=1e-3)
     net = Compose(image_preprocessing("image", size=30))({"image": path})["image"]  # ImageNet normalisation
-    expected_red = [(1 - IMAGENET_MEAN[0]) / IMAGENET_STD[0], -IMAGENET_MEAN[1] / IMAGENET_STD[1], -IMAGENET_MEAN[2] / IMAGENET_STD[2]]
+    expected_red = [
+        (1 - IMAGENET_MEAN[0]) / IMAGENET_STD[0],
+        -IMAGENET_MEAN[1] / IMAGENET_STD[1],
+        -IMAGENET_MEAN[2] / IMAGENET_STD[2],
+    ]
     assert net[:, 9, 6].tolist() == pytest.approx(expected_red, abs=1e-3)
     assert net[:, 0, 0].tolist() == pytest.approx([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], abs=1e-5)
     stretched = Compose(image_preprocessing("image", size=30, normalisation="unit", fit="stretch"))({"image": path})
-    assert stretched["image"].shape == (3, 30, 30) and stretched["image"][0, 3, 3].item() == pytest.approx(1.0, abs=1e-3)
+    assert stretched["image"].shape == (3, 30, 30) and stretched["image"][0, 3, 3].item() == pytest.approx(
+        1.0, abs=1e-3
+    )
     with pytest.raises(ValueError, match="normalisation must be"):
         image_preprocessing(normalisation="zscore")
 
@@ -121,7 +125,9 @@ def test_image_checks_each_problem_named(tmp_path):
     (tmp_path / "cut.png").write_bytes(raw[: len(raw) // 2])
     assert "unreadable or corrupt image" in messages(check_image2d(tmp_path / "cut.png", "s1"))[0]
     grey = save(tmp_path / "grey.png", picture()[..., 0])
-    assert messages(check_image2d(grey, "s1"), "warning") == ["image: grey image ('L', 1 channel), replicated to 3 channels"]
+    assert messages(check_image2d(grey, "s1"), "warning") == [
+        "image: grey image ('L', 1 channel), replicated to 3 channels"
+    ]
     assert "3 channels (RGB) expected" in messages(check_image2d(grey, "s1", allow_grey=False))[0]
     rgba = np.dstack([picture(), np.full((64, 48), 255, np.uint8)])
     assert check_image2d(save(tmp_path / "opaque.png", rgba), "s1") == []
@@ -138,7 +144,9 @@ def test_image_checks_each_problem_named(tmp_path):
     assert found == ["image: 32-bit 'F' image; expected 8-bit RGB (3 channels)", "image: 1 NaN and 0 Inf pixel values"]
     pages = [Image.fromarray(picture(seed=k)) for k in range(2)]
     pages[0].save(tmp_path / "pages.tif", save_all=True, append_images=pages[1:])
-    assert messages(check_image2d(tmp_path / "pages.tif", "s1"), "warning") == ["image: 2 pages; only the first is read"]
+    assert messages(check_image2d(tmp_path / "pages.tif", "s1"), "warning") == [
+        "image: 2 pages; only the first is read"
+    ]
     assert all(p.file and p.subject == "s1" for p in check_image2d(blank, "s1"))
 
 
@@ -152,9 +160,17 @@ def test_image_datalist_json_and_csv(tmp_path):
     (train,) = read_image_datalist(tmp_path / "d.json")
     assert train == {"subject_id": "001", "image": str(tmp_path / "img/a.png"), "grade": 2}
     assert read_image_datalist(tmp_path / "d.json", "validation") == []
-    (tmp_path / "d.csv").write_text("subject_id,image,split,grade,score\n001,img/a.png,training,2,0.5\n002,/abs/b.png,validation,0,\n")
+    (tmp_path / "d.csv").write_text(
+        "subject_id,image,split,grade,score\n001,img/a.png,training,2,0.5\n002,/abs/b.png,validation,0,\n"
+    )
     (row,) = read_image_datalist(tmp_path / "d.csv", "training")
-    assert row == {"subject_id": "001", "image": str(tmp_path / "img/a.png"), "split": "training", "grade": 2, "score": 0.5}
+    assert row == {
+        "subject_id": "001",
+        "image": str(tmp_path / "img/a.png"),
+        "split": "training",
+        "grade": 2,
+        "score": 0.5,
+    }
     assert read_image_datalist(tmp_path / "d.csv", "validation")[0]["image"] == "/abs/b.png"
     with pytest.raises(KeyError, match="has no 'testing' list"):
         read_image_datalist(tmp_path / "d.json", "testing")
@@ -196,7 +212,9 @@ def test_paired_join_duplicates_and_leaks(tmp_path, caplog):
     entries, table = paired_set(tmp_path, 3)
     extra = {"subject_id": "x9", "image": save(tmp_path / "x9.png", picture(seed=9))}
     second_eye = {"subject_id": "s0", "image": save(tmp_path / "s0_right.png", picture(seed=5))}
-    problems = validate_paired_entries({"training": entries[:2] + [extra, second_eye], "validation": entries[2:]}, table)
+    problems = validate_paired_entries(
+        {"training": entries[:2] + [extra, second_eye], "validation": entries[2:]}, table
+    )
     warnings = messages(problems, "warning")
     assert "1 image subject(s) have no genetics and are left out of paired training (first: x9)" in warnings
     assert "2 images in 'training'; each is one sample with the same genetics" in warnings
@@ -205,7 +223,9 @@ def test_paired_join_duplicates_and_leaks(tmp_path, caplog):
     assert "subject is in both 'training' and 'validation' (a leak)" in messages(leak)
     assert "image is in both 'training' and 'validation' (a leak)" in messages(leak)
     strict = validate_paired_entries(entries + [extra], table, require_genetics=True)
-    assert [(p.subject, p.message) for p in strict if p.severity == "error"] == [("x9", "image subject has no genetics")]
+    assert [(p.subject, p.message) for p in strict if p.severity == "error"] == [
+        ("x9", "image subject has no genetics")
+    ]
     other = FeatureTable(["a", "b"], ["rs1"], np.zeros((2, 1)), "other.bed")
     none = messages(validate_paired_entries(entries, other))
     assert len(none) == 1 and none[0].startswith("no image subject has genetics: the ids do not join")
@@ -221,7 +241,10 @@ def test_paired_genetics_file_errors_and_raise(tmp_path):
     (tmp_path / "dup.csv").write_text("subject_id,PGS1\ns0,1\ns1,2\ns0,3\n")
     problems = validate_paired_entries(entries, str(tmp_path / "dup.csv"))
     assert [(p.file, p.message) for p in problems] == [
-        (str(tmp_path / "dup.csv"), f"{tmp_path / 'dup.csv'}: 1 duplicate subject id(s) (first: s0); each subject must appear once")
+        (
+            str(tmp_path / "dup.csv"),
+            f"{tmp_path / 'dup.csv'}: 1 duplicate subject id(s) (first: s0); each subject must appear once",
+        )
     ]
     (tmp_path / "g.csv").write_text("subject_id,PGS1,PGS2\ns0,1,2\ns1,2,x\n")
     assert "non-numeric cell" in messages(validate_paired_entries(entries, str(tmp_path / "g.csv")))[0]

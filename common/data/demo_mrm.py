@@ -161,7 +161,9 @@ def _lesions(grade: int, anatomy: dict, rng: np.random.Generator) -> tuple[np.nd
     return img, label, counts
 
 
-def _augment(img: np.ndarray, label: np.ndarray, pigment: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool]:
+def _augment(
+    img: np.ndarray, label: np.ndarray, pigment: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, bool]:
     """Flip (laterality), rotation, scale, shift, pigmentation, colour gain / gamma, noise; label warped alike."""
     flip = bool(rng.random() < 0.5)
     angle = np.deg2rad(rng.uniform(-20, 20))

@@ -318,7 +318,9 @@ def read_table(
     ids = frame[key].str.strip().tolist()
     blank = [r + 2 for r, sid in enumerate(ids) if not sid]
     if blank:
-        raise ValueError(f"{path}: {len(blank)} row(s) without a subject id in column {key!r} (first at line {blank[0]})")
+        raise ValueError(
+            f"{path}: {len(blank)} row(s) without a subject id in column {key!r} (first at line {blank[0]})"
+        )
     cols = [c for c in frame.columns if c != key] if features is None else list(features)
     absent = [c for c in cols if c not in frame.columns]
     if absent:

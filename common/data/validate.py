@@ -438,18 +438,24 @@ def _first_ids(ids: Sequence[str], limit: int = 5) -> str:
     return ", ".join(list(ids)[:limit]) + (", ..." if len(ids) > limit else "")
 
 
-def _paired_genetics_problems(table: Any, image_ids: Sequence[str], num_features: int | None, require: bool) -> list[Problem]:
+def _paired_genetics_problems(
+    table: Any, image_ids: Sequence[str], num_features: int | None, require: bool
+) -> list[Problem]:
     """Table-level findings: width, Inf, all-missing / partly missing subjects, ids that do not join."""
     src, problems = table.source, []
     if num_features is not None and table.num_features != num_features:
         problems.append(
-            Problem("error", "genetics", src, f"genetics vectors of length {table.num_features}, expected {num_features}")
+            Problem(
+                "error", "genetics", src, f"genetics vectors of length {table.num_features}, expected {num_features}"
+            )
         )
     values = table.values
     inf_rows = np.nonzero(np.isinf(values).any(1))[0]
     for r in inf_rows:
         j = int(np.nonzero(np.isinf(values[r]))[0][0])
-        problems.append(Problem("error", table.ids[r], src, f"Inf genetics value (first in feature {table.features[j]!r})"))
+        problems.append(
+            Problem("error", table.ids[r], src, f"Inf genetics value (first in feature {table.features[j]!r})")
+        )
     nan = np.isnan(values)
     empty = np.nonzero(nan.all(1))[0] if values.shape[1] else np.array([], dtype=int)
     problems += [Problem("error", table.ids[r], src, "every genetics value is missing") for r in empty]

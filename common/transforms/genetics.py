@@ -10,7 +10,6 @@ import os
 from collections.abc import Hashable, Mapping
 from typing import Any
 
-import torch
 from monai.transforms import MapTransform
 
 from common.data.genetics import FeatureTable, align_features, apply_feature_stats, read_genetics
