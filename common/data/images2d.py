@@ -187,12 +187,12 @@ def check_image2d(
     elif size is not None and max(width, height) < size:
         found.append(Problem("warning", sid, path, f"{key}: {width}x{height} pixels, upsampled to {size}"))
     if arr is not None:
-        data = arr.astype(np.float32)
-        nan, inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
+        nan = int(np.isnan(arr).sum()) if arr.dtype.kind == "f" else 0  # only float images can hold NaN / Inf
+        inf = int(np.isinf(arr).sum()) if arr.dtype.kind == "f" else 0
         if nan or inf:
             found.append(Problem("error", sid, path, f"{key}: {nan} NaN and {inf} Inf pixel values"))
-        elif data.max() == data.min():
-            found.append(Problem("error", sid, path, f"{key}: blank image (every pixel is {float(data.flat[0]):g})"))
+        elif arr.max() == arr.min():
+            found.append(Problem("error", sid, path, f"{key}: blank image (every pixel is {float(arr.flat[0]):g})"))
     return found
 
 
