@@ -146,3 +146,77 @@ def test_new_table_aligned_to_trained_genes(tmp_path, caplog):
     assert "2 genes not in the trained list dropped" in caplog.text
     with pytest.raises(ValueError, match=r"new\.csv: 2 of the 3 trained genes are missing \(first: G2, G4\)"):
         align_features(t, ["G1", "G2", "G4"], what="genes")
+
+
+# ---------------------------------------------------------------- gaps found by mutation testing (mutmut 3.8)
+
+
+def test_detection_reasons_are_logged_exactly(tmp_path, caplog):
+    cases = {
+        "wide.csv": (",G1,G2,G3\nA,1,2,3\nB,4,5,6\n", {}, "samples x genes (2 rows <= 3 value columns"),
+        "square.csv": (",G1,G2\nA,1,2\nB,3,4\n", {}, "samples x genes (2 rows <= 2 value columns"),
+        "given.csv": (",A,B\nX,1,2\n", {"orientation": "genes_x_samples"}, "genes x samples (given)"),
+        "header.csv": (",A,B\nX,1,2\nY,3,4\n", {"genes": ["A", "B", "Q"]}, "samples x genes (2 of the 3 trained genes are column names)"),
+        "porpoise.csv": ("case_id,G_rnaseq\nc,1\n", {}, "read as samples x genes (PORPOISE/MCAT study CSV: 1"),
+    }  # fmt: skip
+    for name, (text, kwargs, expected) in cases.items():
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            read_expression_table(write(tmp_path / name, text), **kwargs)
+        assert expected in caplog.text, (name, caplog.text)
+    with pytest.raises(ValueError, match="orientation must be 'samples_x_genes' or 'genes_x_samples', got 'rows'"):
+        read_expression_table(tmp_path / "wide.csv", orientation="rows")
+
+
+def test_id_column_anywhere_gene_subsets_and_explicit_orientation(tmp_path):
+    path = write(tmp_path / "e.csv", "age,Case_ID,G1,G2\n50,c1,1,2\n60,c2,3,4\n")
+    assert read_expression_table(path, genes=["G2", "G1"]).ids == ["c1", "c2"]  # id column found by name
+    t = read_expression_table(path, genes=["G2"])
+    assert t.features == ["G2"] and t.values.tolist() == [[2], [4]]  # only trained genes read; 'age' ignored
+    explicit = read_expression_table(path, orientation="samples_x_genes", id_column="Case_ID", genes=["G1"])
+    assert explicit.ids == ["c1", "c2"] and explicit.features == ["G1"]
+    first = read_expression_table(write(tmp_path / "f.csv", "sample,age\ns1,5\n"), orientation="samples_x_genes")
+    assert first.ids == ["s1"] and first.features == ["age"]  # given orientation: the first column is the id
+    tall = write(tmp_path / "t.csv", "gene_id,S1,S2\nG1,1,2\nG2,3,4\nG3,5,6\n")
+    assert read_expression_table(tall, genes=["G3", "G1"]).features == ["G1", "G3"]
+    with pytest.raises(ValueError, match=r"t\.csv: no column 'gene' \(columns: gene_id, S1, S2\)"):
+        read_expression_table(tall, id_column="gene")
+
+
+def test_repeated_header_names_and_nan_repeats(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        read_expression_table(write(tmp_path / "d.tsv", "case_id\tG1\tG1\tG2\nc1\t1\t2\t3\n"))
+    assert "d.tsv: 1 repeated column name(s) (first: G1); the first one is used" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        read_expression_table(write(tmp_path / "ok.tsv", "case_id\tG1\tG2\nc1\t1\t3\n"))
+    assert "repeated column" not in caplog.text
+    same = write(tmp_path / "s.csv", "case_id,G1,G2\nc1,NA,1\nc1,NA,1\n")  # NaN equals NaN in a repeat
+    assert read_expression_table(same).values.shape == (1, 2)
+    half = write(tmp_path / "h.csv", "case_id,G1,G2\nc1,NA,1\nc1,5,1\n")  # NaN vs a value: different rows
+    with pytest.raises(ValueError, match=r"h\.csv: 1 id\(s\) repeat with different expression values"):
+        read_expression_table(half)
+
+
+def test_h5ad_dense_and_forwarded_arguments(tmp_path):
+    import anndata
+    import pandas as pd
+
+    adata = anndata.AnnData(X=np.array([[1.0, 2.0]], np.float32), obs=pd.DataFrame({"pid": ["P"]}, index=["c"]),
+                            var=pd.DataFrame(index=["G1", "G2"]))  # fmt: skip
+    adata.write_h5ad(tmp_path / "d.h5ad")
+    t = read_expression(tmp_path / "d.h5ad", id_column="pid")
+    assert (t.ids, t.values.tolist(), t.source) == (["P"], [[1, 2]], str(tmp_path / "d.h5ad"))
+    with pytest.raises(ValueError, match=r"d\.h5ad: no column 'patient' \(has: pid\)"):
+        read_h5ad(tmp_path / "d.h5ad", id_column="patient")
+    with pytest.raises(ValueError, match=r"d\.h5ad: no \.raw matrix"):
+        read_h5ad(tmp_path / "d.h5ad", layer="raw")
+    (tmp_path / "bad.h5ad").write_bytes(b"nope")
+    with pytest.raises(ValueError, match=r"bad\.h5ad: not a readable \.h5ad"):
+        read_expression(tmp_path / "bad.h5ad")
+    np.savez(tmp_path / "e.npz", values=np.ones((1, 2)), ids=np.array(["p"]), genes=np.array(["A", "B"]))
+    assert read_expression(tmp_path / "e.npz").features == ["A", "B"]
+    csv_path = write(tmp_path / "o.csv", ",A,B\nX,1,2\n")
+    assert read_expression(csv_path, orientation="genes_x_samples").ids == ["A", "B"]
+    with pytest.raises(ValueError, match=r"x\.parquet: unknown expression format"):
+        read_expression(tmp_path / "x.parquet")

@@ -397,3 +397,157 @@ def test_lookup_transform_gives_the_standardised_row_and_names_absent_subjects(t
     from_path = GeneticsLookupd(str(tmp_path / "g.npy"), {**stats, "features": ["f0", "f1", "f2"]},
                                 reader_kwargs={"ids": t.ids})  # fmt: skip
     assert from_path({"subject_id": "s2"})["genetics"].tolist() == [1, 0, 0]
+
+
+# ---------------------------------------------------------------- gaps found by mutation testing (mutmut 3.8)
+
+
+def test_table_converts_ids_and_names_to_strings_and_selects():
+    t = FeatureTable([1, 2, 3], [10, 11], np.arange(6).reshape(3, 2), "t.npz")
+    assert t.ids == ["1", "2", "3"] and t.features == ["10", "11"] and "2" in t and 2 in t
+    s = t.select(["3", "1"])
+    assert (s.ids, s.features, s.values.tolist(), s.source) == (["3", "1"], ["10", "11"], [[4, 5], [0, 1]], "t.npz")
+    with pytest.raises(ValueError, match=r"t\.npz: expected a \[subjects, features\] matrix, got shape \(3,\)"):
+        FeatureTable(["a", "b", "c"], ["f"], np.zeros(3), "t.npz")
+
+
+def test_id_lists_in_every_layout_and_float_eids(tmp_path):
+    assert read_id_list(write(tmp_path / "a.tsv", "x\t1\ny\t2\n")) == ["x", "y"]  # no header: first column
+    assert read_id_list(write(tmp_path / "b.csv", "1001,a\n1002,b\n")) == ["1001", "1002"]
+    assert read_id_list(write(tmp_path / "c.tsv", "age\tIID\n50\tp1\n")) == ["p1"]
+    with pytest.raises(ValueError, match=r"e\.txt: empty subject-id list"):
+        read_id_list(write(tmp_path / "e.txt", "\n\n"))
+    np.savez(tmp_path / "f.npz", values=np.ones((2, 1)), ids=np.array([1000123.0, 7.0]), features=np.array(["g"]))
+    assert read_npz(tmp_path / "f.npz").ids == ["1000123", "7"]  # integral floats lose ".0"
+    np.savez(tmp_path / "h.npz", values=np.ones((1, 1)), ids=np.array([1.5]))
+    assert read_npz(tmp_path / "h.npz").ids == ["1.5"]
+    np.save(tmp_path / "s.npy", np.array([["a"]]))
+    with pytest.raises(ValueError, match=r"s\.npy: matrix of dtype <U1, expected numbers"):
+        read_npy(tmp_path / "s.npy", ids=["x"])
+    (tmp_path / "junk.npy").write_bytes(b"nope")
+    with pytest.raises(ValueError, match=r"junk\.npy: not a readable \.npy array \(ValueError"):
+        read_npy(tmp_path / "junk.npy", ids=["x"])
+
+
+def test_table_separators_id_column_and_sources(tmp_path):
+    with gzip.open(tmp_path / "g.csv.gz", "wt") as f:
+        f.write("IID,PGS1\na,1\n")
+    t = read_genetics(tmp_path / "g.csv.gz")
+    assert (t.ids, t.values.tolist(), t.source) == (["a"], [[1.0]], str(tmp_path / "g.csv.gz"))
+    assert read_genetics(write(tmp_path / "w.txt", "IID  PGS1 PGS2\na  1   2\n")).values.tolist() == [[1, 2]]
+    assert read_genetics(write(tmp_path / "t.tab", "IID\tP Q\na\t3\n")).features == ["P Q"]  # tab, not spaces
+    semi = write(tmp_path / "semi.csv", "id;PGS1\na;1\n")
+    assert read_table(semi, sep=";").values.tolist() == [[1.0]]
+    by_name = write(tmp_path / "k.csv", "first,second,PGS\nx,s1,1\ny,s2,2\n")
+    assert read_table(by_name, id_column="second", features=["PGS"]).ids == ["s1", "s2"]
+    with pytest.raises(ValueError, match=r"k\.csv: no column 'nope' \(columns: first, second, PGS\)"):
+        read_table(by_name, id_column="nope")
+    with pytest.raises(ValueError, match=r"one\.csv: needs a subject-id column and at least one feature column"):
+        read_table(write(tmp_path / "one.csv", "IID\na\n"))
+
+
+def test_plink_sources_and_subject_id_choice(tmp_path):
+    bed = write_plink(tmp_path / "toy", [[0, 2, 3]], ["a", "b", "c"])
+    assert read_plink(bed).source == bed and read_genetics(tmp_path / "toy", snp_step=1).features == ["rs1"]
+    with pytest.raises(ValueError, match="subject_id must be 'iid' or 'fid_iid', got 'eid'"):
+        read_plink(bed, subject_id="eid")
+
+
+def test_sscore_list_of_files_keeps_column_blocks(tmp_path, caplog):
+    two = write(tmp_path / "two.sscore", SSCORE + "F\ts1\t8\t3\t0.5\t1.5\nF\ts2\t8\t2\t0.25\t2.5\n")
+    one = write(tmp_path / "one.sscore", "#IID\tSCORE1_AVG\ns1\t9\ns2\t8\n")
+    three = write(tmp_path / "three.sscore", "#IID\tSCORE1_AVG\ns2\t7\ns1\t6\n")
+    with caplog.at_level(logging.WARNING):
+        t = read_genetics([two, one, three])  # a list: every file covers every subject, so no warning
+    assert t.features == ["two:SCORE1_AVG", "two:SCORE2_AVG", "one", "three"] and t.ids == ["s1", "s2"]
+    np.testing.assert_array_equal(t.values, [[0.5, 1.5, 9, 6], [0.25, 2.5, 8, 7]])
+    assert "absent" not in caplog.text and t.source == f"{two}, {one}, {three}"
+    with pytest.raises(ValueError, match=r"one\.sscore: score column\(s\) \['SCORE9_AVG'\] not found"):
+        read_sscore(one, score_columns=["SCORE9_AVG"])
+    with pytest.raises(ValueError, match=r"ct\.sscore: score column\(s\) \*_AVG / \*_SUM not found"):
+        read_sscore(write(tmp_path / "ct.sscore", "#IID\tALLELE_CT\ns1\t3\n"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty: folder holds no \*\.sscore file"):
+        read_genetics(tmp_path / "empty")
+
+
+def test_burden_explicit_sidecars_and_missing_names(tmp_path):
+    with h5py.File(tmp_path / "b.h5", "w") as f:
+        f["G"] = np.ones((2, 1), np.float32)
+    ids, cols = write(tmp_path / "ids.txt", "p1\np2\n"), write(tmp_path / "cols.txt", "GENE\n")
+    t = read_burden(tmp_path / "b.h5", iids=ids, colnames=cols)
+    assert (t.ids, t.features, t.source) == (["p1", "p2"], ["GENE"], str(tmp_path / "b.h5"))
+    write(tmp_path / "b_iid.txt", "p1\np2\n")  # ids beside it, gene names nowhere
+    with pytest.raises(FileNotFoundError, match=r"b\.h5: no gene names \(<stem>_colnames\.txt\)"):
+        read_burden(tmp_path / "b.h5")
+    with pytest.raises(FileNotFoundError, match=r"nope\.txt does not exist"):
+        read_burden(tmp_path / "b.h5", colnames=tmp_path / "nope.txt")
+    (tmp_path / "bad.h5").write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match=r"bad\.h5: not a readable HDF5 file \(OSError"):
+        read_burden(tmp_path / "bad.h5")
+
+
+def test_vcf_counts_multiallelic_sites_and_reads_an_empty_body(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        t = read_vcf(write(tmp_path / "c.vcf", VCF_TEXT))
+    assert "c.vcf: 1 multi-allelic site(s); their dosage counts every non-reference allele" in caplog.text
+    assert t.values.dtype == np.float32 and t.source == str(tmp_path / "c.vcf")
+    header = "".join(line + "\n" for line in VCF_TEXT.splitlines()[:4])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        empty = read_vcf(write(tmp_path / "e.vcf", header))
+    assert empty.ids == ["s1", "s2", "s3"] and empty.values.shape == (3, 0) and "multi-allelic" not in caplog.text
+
+
+def test_align_default_wording_duplicates_and_source(caplog):
+    t = FeatureTable(["a"], ["g1", "g2", "g1"], np.array([[1, 2, 3]]), "dup.csv")
+    with pytest.raises(ValueError, match=r"dup\.csv: 1 features appear twice \(first: g1\)"):
+        align_features(t, ["g1", "g2"])
+    assert align_features(t, ["g2"]).values.tolist() == [[2]]  # only the requested names must be unique
+    with pytest.raises(ValueError, match=r"^dup\.csv: 1 of the 1 trained features are missing \(first: zz\)"):
+        align_features(t, ["zz"])
+    t2 = table4()
+    assert align_features(t2, ["f1"]).source == "g.tsv" and align_features(t2, t2.features) is t2
+
+
+def test_fit_stats_single_observation_unseen_warning_and_keys(caplog):
+    t = FeatureTable(["a", "b", "c"], ["once", "never1", "never2"],
+                     np.array([[NAN, NAN, NAN], [5.0, NAN, NAN], [NAN, NAN, NAN]]), "s.csv")  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        stats = fit_feature_stats(t)
+    assert stats["mean"].tolist() == [5, 0, 0] and stats["fill"].tolist() == [5, 0, 0]  # one value: its mean is it
+    assert stats["std"].tolist() == [1, 1, 1]
+    assert "s.csv: 2 feature(s) never observed in training; imputed as 0" in caplog.text
+    assert set(stats) == {"features", "fill", "mean", "std", "log1p", "standardise", "num_train", "source", "rule"}
+    assert stats["standardise"] is True and stats["log1p"] is False and stats["source"] == "s.csv"
+    assert stats["rule"].startswith("missing -> mean of observed training values")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        fit_feature_stats(table4(), ["s1", "s2"])  # every training subject present: no "absent" warning
+    assert "absent" not in caplog.text
+    assert fit_feature_stats(table4(), standardise=False)["standardise"] is False
+
+
+def test_apply_log1p_checks_name_feature_and_source():
+    t = FeatureTable(["a", "b"], ["g1", "g2"], np.array([[0.0, 1.0], [3.0, 3.0]]), "train.csv")
+    stats = fit_feature_stats(t, log1p=True)
+    with pytest.raises(ValueError, match=r"^new\.csv: negative values \(first feature 'g2'\)"):
+        apply_feature_stats(np.array([[1.0, -2.0], [1.0, 1.0]]), stats, source="new.csv")
+    with pytest.raises(ValueError, match=r"^input: negative values \(first feature 'g2'\)"):
+        apply_feature_stats(np.array([[1.0, -2.0]]), stats)
+    with pytest.raises(ValueError, match=r"^genetics vector of length 1"):
+        apply_feature_stats(np.zeros(1), stats)
+
+
+def test_lookup_keys_and_messages():
+    t = table4()
+    stats = fit_feature_stats(t, ["s1", "s2", "s3"])
+    lookup = GeneticsLookupd(t, stats, id_key="eid")
+    assert tuple(lookup.keys) == ("eid",)
+    with pytest.raises(
+        KeyError, match=r"data dict has no 'eid' to look genetics up by \(keys: \['image', 'subject_id'\]\)"
+    ):
+        lookup({"subject_id": "s1", "image": "x"})
+    bad = FeatureTable(t.ids, t.features, np.where(np.arange(3) == 1, np.inf, t.values), "inf.tsv")
+    with pytest.raises(ValueError, match=r"^inf\.tsv: infinite value\(s\) in feature 'f1'"):
+        GeneticsLookupd(bad, stats)

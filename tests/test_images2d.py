@@ -264,3 +264,75 @@ def test_paired_datalist_json_with_gene_vectors(tmp_path):
         "gene vector of length 3, expected 2",
     ]
     assert validate_paired_datalist(str(tmp_path / "missing.json"))[0].message.endswith("does not exist")
+
+
+# ---------------------------------------------------------------- gaps found by mutation testing (mutmut 3.8)
+
+
+def test_preprocessing_interpolates_bilinearly_and_antialiases(tmp_path):
+    from monai.transforms import Compose
+
+    ramp = np.zeros((32, 32, 3), np.uint8)
+    ramp[:, 16:] = 255  # a hard edge: bilinear upsampling makes intermediate values, nearest / area would not
+    up = Compose(image_preprocessing("image", size=64, normalisation="unit"))({"image": save(tmp_path / "r.png", ramp)})
+    assert set(up) == {"image"}  # image_only: no meta-dict keys
+    row = up["image"][0, 32]  # bilinear (align_corners=False) x2: pixels 31, 32 sample 1/4 and 3/4 across the edge
+    assert row[30:34].tolist() == pytest.approx([0, 0.25, 0.75, 1], abs=1e-4)
+    checker = (np.indices((48, 48)).sum(0) % 2 * 255).astype(np.uint8)  # x1/3: samples land on pixel centres
+    down = Compose(image_preprocessing("image", size=16, normalisation="unit"))(
+        {"image": save(tmp_path / "c.png", np.dstack([checker] * 3))}
+    )["image"]
+    assert down.shape == (3, 16, 16) and (down - 0.5).abs().max() < 0.1  # anti-aliased to grey, not a moire
+    default = Compose(image_preprocessing())({"image": save(tmp_path / "d.png", picture(8, 8))})["image"]
+    assert default.shape == (3, 224, 224) and default.dtype == torch.float32
+
+
+def test_to_rgb_refuses_32_bit_images_naming_the_file(tmp_path):
+    from common.data.images2d import to_rgb
+
+    path = save(tmp_path / "f.tif", np.ones((4, 4), np.float32))
+    with Image.open(path) as im, pytest.raises(ValueError, match=r"f\.tif: 32-bit 'F' image"):
+        to_rgb(im)
+    with pytest.raises(ValueError, match=r"^image: 32-bit 'I' image"):
+        to_rgb(Image.new("I", (2, 2)))
+
+
+def test_image_check_boundaries_and_options(tmp_path):
+    def check(path, **kw):
+        found = check_image2d(path, "s9", **kw)
+        assert all(p.subject == "s9" and p.file == str(path) for p in found)
+        return found
+
+    exact = save(tmp_path / "exact.png", picture(32, 64))
+    assert check(exact) == [] and check(exact, size=64) == []  # 32 is not smaller than 32; 64 not below 64
+    assert messages(check(exact, size=65), "warning") == ["image: 64x32 pixels, upsampled to 65"]
+    bmp = save(tmp_path / "a.bmp", picture())
+    assert check(bmp) == []  # no page count: one page
+    blank = save(tmp_path / "blank.png", np.full((40, 40, 3), 7, np.uint8))
+    assert messages(check(blank)) == ["image: blank image (every pixel is 7)"]
+    assert check(blank, check_content=False) == []
+    floats = np.random.default_rng(0).random((40, 40)).astype(np.float32)
+    floats[0, 0] = np.inf
+    assert "image: 0 NaN and 1 Inf pixel values" in messages(check(save(tmp_path / "inf.tif", floats)))
+    grey = save(tmp_path / "g.png", picture()[..., 0])
+    for found in (check(grey), check(grey, allow_grey=False), check(tmp_path / "none.png")):
+        assert found
+    rgba = np.dstack([picture(), np.zeros((64, 48), np.uint8)])
+    assert messages(check(save(tmp_path / "t.png", rgba)), "warning")
+    pages = [Image.fromarray(picture(seed=k)) for k in range(3)]
+    pages[0].save(tmp_path / "p.tif", save_all=True, append_images=pages[1:])
+    assert messages(check(tmp_path / "p.tif"), "warning") == ["image: 3 pages; only the first is read"]
+    assert messages(check(save(tmp_path / "tiny.png", picture(20, 40))))
+
+
+def test_image_datalist_tsv_base_dir_fallback_ids_and_errors(tmp_path):
+    (tmp_path / "d.tsv").write_text("image\tmask\tgrade\nimg/x.png\tm/x.png\t1\n/abs/y.png\t\t0\n")
+    rows = read_image_datalist(tmp_path / "d.tsv", path_keys=["mask"], base_dir="/data")
+    assert rows[0] == {"image": "/data/img/x.png", "mask": "/data/m/x.png", "grade": 1, "subject_id": "x"}
+    assert rows[1] == {"image": "/abs/y.png", "grade": 0, "subject_id": "y"}  # empty mask cell: no key
+    (tmp_path / "bad.json").write_text(json.dumps({"training": [{"subject_id": "a"}]}))
+    with pytest.raises(ValueError, match=r"bad\.json: training entry 0 has no 'image'"):
+        read_image_datalist(tmp_path / "bad.json")
+    (tmp_path / "notjson.json").write_text("{")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        read_image_datalist(tmp_path / "notjson.json")

@@ -658,7 +658,7 @@ def fit_feature_stats(
     observed = ~torch.isnan(x)
     count = observed.sum(0)  # [F]
     total = torch.where(observed, x, torch.zeros(())).sum(0)
-    mean = torch.where(count > 0, total / count.clamp(min=1), torch.zeros(()))  # mean of observed; never seen -> 0
+    mean = total / count.clamp(min=1)  # mean of observed values; a feature never observed: 0 / 1 = 0
     sq = torch.where(observed, (x - mean) ** 2, torch.zeros(())).sum(0)
     std = torch.sqrt(sq / count.clamp(min=1))  # population std (ddof 0) of observed values
     std = torch.where(std > 1e-8, std, torch.ones(()))  # constant or unobserved feature -> 1 (maps to 0)
