@@ -197,10 +197,15 @@ def test_paired_problems_each_named(tmp_path):
     entries[1]["image"] = str(tmp_path / "bad.png")
     entries[2]["image"] = save(tmp_path / "f.tif", np.ones((40, 40), np.float32) * 3)
     values = table.values.copy()
-    values[0, 1], values[3] = np.inf, np.nan
+    values[0, 1], values[3], values[2, 0] = np.inf, np.nan, np.nan  # s2 partly missing: imputed, a warning only
     table = FeatureTable(table.ids, table.features, values, "g.bed")
     problems = validate_paired_entries(entries, table, num_features=3)
     errors = {(p.subject, p.file, p.message) for p in problems if p.severity == "error"}
+    assert [m for s, _, m in errors if "missing" in m] == ["every genetics value is missing"]  # s3 only
+    # 3 NaN of 8 values: s3's two and s2's one
+    assert "1 subject(s) have missing values (38% of all values); they are imputed with the training mean" in messages(
+        problems, "warning"
+    )
     assert ("genetics", "g.bed", "genetics vectors of length 2, expected 3") in errors
     assert ("s0", "g.bed", "Inf genetics value (first in feature 'rs2')") in errors
     assert ("s3", "g.bed", "every genetics value is missing") in errors
