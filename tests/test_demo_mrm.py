@@ -120,3 +120,25 @@ def test_the_images_show_the_lesions_and_the_pigmentation(demo):
         brightness.append(img[..., 1][img.sum(-1) > 60].mean())
     assert len(contrast) > 10 and np.median(contrast) < 0.8  # lesions are visibly darker than their surroundings
     assert spearmanr(genetic_score(demo, "pigmentation"), brightness)[0] < -0.3  # genetics -> fundus colour
+
+
+def test_demo_feeds_a_monai_dataloader_end_to_end(tmp_path):
+    """The path a bundle config takes: datalist -> genetics table -> join -> train-only stats -> transforms."""
+    import torch
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Compose
+
+    from common.data.genetics import fit_feature_stats, join_subjects, read_genetics
+    from common.data.images2d import image_preprocessing
+    from common.transforms.genetics import GeneticsLookupd
+
+    datalist = build_demo_mrm(str(tmp_path / "demo"), num_subjects=8, image_size=48, num_snps=30)
+    table = read_genetics(str(Path(datalist).parent / "genotypes.bed"))
+    train = join_subjects(read_image_datalist(datalist, "training"), table)
+    stats = fit_feature_stats(table, train)
+    assert stats["num_train"] == 6 and len(stats["features"]) == 30
+    transform = Compose([*image_preprocessing("image", size=32), GeneticsLookupd(table, stats)])
+    loader = DataLoader(Dataset(train, transform), batch_size=3, num_workers=2)
+    batch = next(iter(loader))
+    assert batch["image"].shape == (3, 3, 32, 32) and batch["genetics"].shape == (3, 30)
+    assert batch["genetics"].dtype == torch.float32 and torch.isfinite(batch["genetics"]).all()  # missing calls imputed

@@ -298,7 +298,10 @@ def test_join_reports_subjects_in_one_modality_only(caplog):
         kept = join_subjects(entries, table4())
     assert [e["image"] for e in kept] == ["s3.png", "s1.png", "s1.png"]  # order kept; two images of s1 both kept
     assert "2 subject(s) have images but no genetics in g.tsv; left out (first: x1, x2)" in caplog.text
-    assert "2 subject(s) of g.tsv have genetics but no image; unused (first: s2, s4)" in caplog.text
+    assert (
+        "2 subject(s) of g.tsv have genetics but no image among these 5 entries; unused here (first: s2, s4)"
+        in caplog.text
+    )
     with pytest.raises(ValueError, match="ids do not join"):
         join_subjects([{"subject_id": "zz"}], table4())
     with pytest.raises(ValueError, match="entry 0 has no 'subject_id'"):

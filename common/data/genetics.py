@@ -574,8 +574,8 @@ def join_subjects(entries: Sequence[Mapping], table: FeatureTable, id_key: str =
         )
     if genetics_only:
         logger.warning(
-            f"{len(genetics_only)} subject(s) of {table.source} have genetics but no image; unused "
-            f"(first: {_first(genetics_only)})"
+            f"{len(genetics_only)} subject(s) of {table.source} have genetics but no image among these "
+            f"{len(entries)} entries; unused here (first: {_first(genetics_only)})"
         )
     if not kept:
         raise ValueError(f"no subject of the {len(entries)} entries has genetics in {table.source} (ids do not join)")
