@@ -220,3 +220,37 @@ def test_h5ad_dense_and_forwarded_arguments(tmp_path):
     assert read_expression(csv_path, orientation="genes_x_samples").ids == ["A", "B"]
     with pytest.raises(ValueError, match=r"x\.parquet: unknown expression format"):
         read_expression(tmp_path / "x.parquet")
+
+
+def test_expression_dispatch_suffixes_and_explicit_id_column(tmp_path):
+    import gzip
+
+    text = "case_id,G1\nc1,1\n"
+    for name in ("a.tsv", "a.tab", "a.txt"):
+        assert read_expression(write(tmp_path / name, text.replace(",", "\t"))).ids == ["c1"]
+    for name in ("a.csv.gz", "a.tsv.gz"):
+        with gzip.open(tmp_path / name, "wt") as f:
+            f.write(text if name.startswith("a.csv") else text.replace(",", "\t"))
+        assert read_expression(tmp_path / name).features == ["G1"]
+    np.savez(tmp_path / "e.npz", values=np.ones((1, 1)), ids=np.array(["p"]))
+    with pytest.raises(TypeError):
+        read_expression(tmp_path / "e.npz", unknown=1)  # arguments reach the reader
+    both = write(tmp_path / "b.csv", "case_id,pid,G1\nc1,p1,1\n")
+    assert read_expression_table(both, id_column="pid", genes=["G1"]).ids == ["p1"]  # the given column wins
+    bad = write(tmp_path / "bad.csv", "case_id,G1\nc1,x\n")
+    with pytest.raises(
+        ValueError, match=r"bad\.csv: 1 non-numeric cell\(s\); first at line 2, subject 'c1', column 'G1'"
+    ):
+        read_expression_table(bad)
+    with pytest.raises(ValueError, match=r"one\.csv: needs an id column and at least one value column"):
+        read_expression_table(write(tmp_path / "one.csv", "case_id\nc1\n"))
+
+
+def test_repeated_header_names_in_csv_and_custom_separators(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        read_expression_table(write(tmp_path / "d.csv", "case_id,G1,G1\nc1,1,2\n"))
+    assert "d.csv: 1 repeated column name(s) (first: G1)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        t = read_expression_table(write(tmp_path / "s.txt", "case_id;G1;G1\nc1;1;2\n"), sep=";")
+    assert t.ids == ["c1"] and "s.txt: 1 repeated column name(s) (first: G1)" in caplog.text

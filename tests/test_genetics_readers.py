@@ -255,19 +255,19 @@ VCF_TEXT = """##fileformat=VCFv4.2
 #CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\ts1\ts2\ts3
 1\t10\trs1\tA\tG\t.\tPASS\t.\tGT\t0/0\t0/1\t1/1
 1\t20\t.\tC\tT\t.\tPASS\t.\tGT\t1|0\t./.\t0|0
-1\t30\trs3\tG\tA,T\t.\tPASS\t.\tGT\t./1\t1/2\t0/2
+1\t30\t.\tG\tA,T\t.\tPASS\t.\tGT\t./1\t1/2\t0/2
 """
 
 
 def test_vcf_dosages_by_hand_plain_and_gzipped(tmp_path):
-    # rs1: 0, 1, 2; 1:20:C:T: 1, NaN, 0; rs3: half-missing NaN, 1/2 -> 2 non-reference alleles, 0/2 -> 1
+    # rs1: 0, 1, 2; 1:20:C:T: 1, NaN, 0; 1:30: half-missing NaN, 1/2 -> 2 non-reference alleles, 0/2 -> 1
     expected = np.array([[0, 1, NAN], [1, NAN, 2], [2, 0, 1]], np.float32)
     plain = write(tmp_path / "c.vcf", VCF_TEXT)
     with gzip.open(tmp_path / "c.vcf.gz", "wt") as f:
         f.write(VCF_TEXT)
     for path in (plain, tmp_path / "c.vcf.gz"):
         t = read_genetics(path)
-        assert t.ids == ["s1", "s2", "s3"] and t.features == ["rs1", "1:20:C:T", "rs3"]
+        assert t.ids == ["s1", "s2", "s3"] and t.features == ["rs1", "1:20:C:T", "1:30:G:A,T"]
         np.testing.assert_array_equal(t.values, expected)
     with pytest.raises(ValueError, match=r"bad\.vcf: not a readable VCF"):
         read_vcf(write(tmp_path / "bad.vcf", "not a vcf\n"))
@@ -554,3 +554,78 @@ def test_lookup_keys_and_messages():
     bad = FeatureTable(t.ids, t.features, np.where(np.arange(3) == 1, np.inf, t.values), "inf.tsv")
     with pytest.raises(ValueError, match=r"^inf\.tsv: infinite value\(s\) in feature 'f1'"):
         GeneticsLookupd(bad, stats)
+
+
+def test_dispatch_by_every_suffix_forwards_arguments(tmp_path):
+    bed = write_plink(tmp_path / "toy", [[0, 2, 3], [3, 3, 0]], ["a", "b", "c"])
+    for entry in (bed, str(tmp_path / "toy.bim"), str(tmp_path / "toy.fam"), str(tmp_path / "toy")):
+        assert read_genetics(entry, snps=["rs2"]).values[:, 0].tolist() == [2, 2, 0]
+    with h5py.File(tmp_path / "b.hdf5", "w") as f:
+        f["G"], f["ids"], f["features"] = np.ones((1, 1)), np.array([b"p"]), np.array([b"GENE"])
+    assert read_genetics(tmp_path / "b.hdf5").features == ["GENE"]  # ContIG layout under other names too
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        f["G"], f["iids"], f["columns"] = np.ones((1, 1)), np.array([b"p"]), np.array([b"GENE2"])
+    other = write(tmp_path / "other_ids.txt", "q\n")
+    assert read_genetics(tmp_path / "c.h5", iids=other).ids == ["q"] and read_burden(tmp_path / "c.h5").features == [
+        "GENE2"
+    ]
+    with gzip.open(tmp_path / "s.tsv.gz", "wt") as f:
+        f.write("IID\tP 1\na\t2\n")
+    assert read_genetics(tmp_path / "s.tsv.gz", features=["P 1"]).values.tolist() == [[2]]
+    tsv = write(tmp_path / "sp.tsv", "IID\tP 1\ta b\nx\t1\t2\n")  # spaces inside names: a real tab split
+    assert read_genetics(tsv).features == ["P 1", "a b"]
+    sscore = write(tmp_path / "x.sscore", "#IID\tSCORE1_AVG\tSCORE2_AVG\ns1\t1\t2\n")
+    assert read_genetics(sscore, score_columns=["SCORE2_AVG"]).values.tolist() == [[2]]
+    assert read_genetics([sscore], score_columns=["SCORE1_AVG"]).values.tolist() == [[1]]
+    (tmp_path / "d").mkdir()
+    write(tmp_path / "d" / "y.sscore", "#IID\tSCORE1_AVG\tSCORE2_AVG\ns1\t3\t4\n")
+    assert read_genetics(tmp_path / "d", score_columns=["SCORE2_AVG"]).values.tolist() == [[4]]
+    assert read_sscore(write(tmp_path / "sum.sscore", "#IID\tSCORE1_SUM\ns1\t7\n")).values.tolist() == [[7]]
+    np.savez(tmp_path / "z.npz", values=np.ones((1, 1)), ids=np.array(["p"]))
+    with pytest.raises(TypeError):
+        read_genetics(tmp_path / "z.npz", unknown=1)  # reader arguments are passed through, not swallowed
+    with pytest.raises(TypeError):
+        read_genetics(write(tmp_path / "v.vcf", VCF_TEXT), unknown=1)
+    with pytest.raises(TypeError):
+        read_genetics(tmp_path / "b.hdf5", unknown=1)
+    with pytest.raises(TypeError):
+        read_genetics(write(tmp_path / "t.csv", "IID,P\na,1\n"), unknown=1)
+    with pytest.raises(TypeError):
+        read_genetics(bed, unknown=1)
+    with pytest.raises(TypeError):
+        read_genetics(sscore, unknown=1)
+    np.save(tmp_path / "m.npy", np.ones((1, 1)))
+    assert read_genetics(tmp_path / "m.npy", ids=["p"]).ids == ["p"]
+
+
+def test_plink_fileset_from_any_member_and_sidecars_next_to_dotted_names(tmp_path):
+    bed = write_plink(tmp_path / "toy", [[0, 2, 3]], ["a", "b", "c"])
+    assert read_plink(tmp_path / "toy.fam").source == bed and read_plink(tmp_path / "toy.bim").source == bed
+    folder = tmp_path / "v1.0"
+    folder.mkdir()
+    with h5py.File(folder / "combined.burdens.h5", "w") as f:
+        f["G"] = np.ones((1, 1))
+    write(folder / "combined.burdens_iid.txt", "p1\n")
+    write(folder / "combined.burdens_colnames.txt", "G1\n")
+    assert read_burden(folder / "combined.burdens.h5").ids == ["p1"]
+
+
+def test_vcf_without_samples_and_a_first_column_without_an_id_name(tmp_path):
+    sites = "".join(line.split("\tFORMAT")[0] + "\n" for line in VCF_TEXT.splitlines()[3:5])
+    with pytest.raises(
+        ValueError, match=r"sites\.vcf: not a readable VCF \(ValueError: the VCF header names no samples\)"
+    ):
+        read_vcf(write(tmp_path / "sites.vcf", "##fileformat=VCFv4.2\n" + sites))
+    t = read_table(write(tmp_path / "p.csv", "person,PGS\nx,1\ny,2\n"))
+    assert t.ids == ["x", "y"] and t.features == ["PGS"]  # no id column name: the first column
+
+
+def test_first_ids_are_listed_up_to_five(caplog):
+    t = table4()
+    with caplog.at_level(logging.WARNING):
+        join_subjects([{"subject_id": s} for s in ["s1", "a", "b", "c", "d", "e"]], t)
+    assert "(first: a, b, c, d, e)" in caplog.text and "e, ..." not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        join_subjects([{"subject_id": s} for s in ["s1", "a", "b", "c", "d", "e", "f"]], t)
+    assert "(first: a, b, c, d, e, ...)" in caplog.text

@@ -288,6 +288,14 @@ def test_preprocessing_interpolates_bilinearly_and_antialiases(tmp_path):
         {"image": save(tmp_path / "c.png", np.dstack([checker] * 3))}
     )["image"]
     assert down.shape == (3, 16, 16) and (down - 0.5).abs().max() < 0.1  # anti-aliased to grey, not a moire
+    wide = np.zeros((32, 16, 3), np.uint8)
+    wide[:, 8:] = 255
+    stretch = Compose(image_preprocessing("image", size=32, normalisation="unit", fit="stretch"))
+    row = stretch({"image": save(tmp_path / "w.png", wide)})["image"][0, 16]  # W 16 -> 32: the same bilinear x2
+    assert row[14:18].tolist() == pytest.approx([0, 0.25, 0.75, 1], abs=1e-4)
+    checker_big = (np.indices((96, 96)).sum(0) % 2 * 255).astype(np.uint8)
+    shrunk = stretch({"image": save(tmp_path / "cb.png", np.dstack([checker_big] * 3))})["image"]  # x1/3
+    assert (shrunk - 0.5).abs().max() < 0.1
     default = Compose(image_preprocessing())({"image": save(tmp_path / "d.png", picture(8, 8))})["image"]
     assert default.shape == (3, 224, 224) and default.dtype == torch.float32
 
@@ -324,6 +332,11 @@ def test_image_check_boundaries_and_options(tmp_path):
         assert found
     rgba = np.dstack([picture(), np.zeros((64, 48), np.uint8)])
     assert messages(check(save(tmp_path / "t.png", rgba)), "warning")
+    la = np.dstack([picture()[..., 0], np.full((64, 48), 255, np.uint8)])
+    la[0, 0, 1] = 10
+    assert "image: alpha channel not opaque; it is dropped, not composited" in messages(
+        check(save(tmp_path / "la.png", la)), "warning"
+    )
     pages = [Image.fromarray(picture(seed=k)) for k in range(3)]
     pages[0].save(tmp_path / "p.tif", save_all=True, append_images=pages[1:])
     assert messages(check(tmp_path / "p.tif"), "warning") == ["image: 3 pages; only the first is read"]

@@ -98,7 +98,10 @@ def _orientation(frame: Any, key: str, genes: Sequence[str] | None, given: str |
 
 
 def _header_duplicates(path: str, sep: str | None) -> list[str]:
-    with open(path, newline="") as f:
+    import gzip
+
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    with opener(path, "rt", newline="") as f:
         first = f.readline()
     delimiter = sep if sep and len(sep) == 1 else ("\t" if "\t" in first else ",")
     names = next(csv.reader([first], delimiter=delimiter), [])

@@ -496,6 +496,8 @@ def read_vcf(path: str | os.PathLike) -> FeatureTable:
     try:
         vcf = VCF(path, lazy=True)
         samples = list(vcf.samples)
+        if not samples:
+            raise ValueError("the VCF header names no samples")
         names, dosages, multi = [], [], 0
         for v in vcf:
             gt = v.genotype.array()[:, :-1] if v.genotype is not None else None  # [samples, ploidy]
@@ -509,8 +511,6 @@ def read_vcf(path: str | os.PathLike) -> FeatureTable:
         vcf.close()
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"{path}: not a readable VCF ({type(e).__name__}: {e})") from e
-    if not samples:
-        raise ValueError(f"{path}: the VCF header names no samples")
     if multi:
         logger.warning(f"{path}: {multi} multi-allelic site(s); their dosage counts every non-reference allele")
     values = np.stack(dosages, 1) if dosages else np.zeros((len(samples), 0), np.float32)
