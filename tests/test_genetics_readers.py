@@ -390,6 +390,9 @@ def test_lookup_transform_gives_the_standardised_row_and_names_absent_subjects(t
     assert out["image"] == "x.png" and out["genetics"].dtype == torch.float32
     assert out["genetics"].tolist() == [98, 2, 7]
     assert out["genetics"].untyped_storage().nbytes() == 3 * 4  # a copy of one row, not a view of the table
+    import pickle
+
+    assert pickle.loads(pickle.dumps(lookup))({"subject_id": "s4"})["genetics"].tolist() == [98, 2, 7]  # spawn-safe
     with pytest.raises(KeyError, match=r"subject 'nobody' has no genetics in g\.tsv \(4 subjects\)"):
         lookup({"subject_id": "nobody"})
     # a table whose columns come in another order is aligned to the statistics' feature list

@@ -43,6 +43,12 @@ def picture(h: int = 64, w: int = 48, seed: int = 0) -> np.ndarray:
 def test_loaded_tensor_is_channel_first_rows_then_columns(tmp_path, suffix):
     x = load_image2d(save(tmp_path / f"a{suffix}", PIXELS))
     assert x.shape == (3, 2, 3) and x.dtype == torch.float32
+    from monai.transforms import LoadImage
+
+    from common.data.images2d import image_reader
+
+    meta = LoadImage(reader=image_reader(), image_only=True, ensure_channel_first=True)(str(tmp_path / f"a{suffix}"))
+    assert meta.meta["spatial_shape"].tolist() == [2, 3]  # (H, W), as the array
     for r in range(2):
         for c in range(3):
             assert x[:, r, c].tolist() == PIXELS[r, c].tolist()  # x[channel, row, column] == pixel (row, column)
@@ -296,7 +302,10 @@ def test_preprocessing_interpolates_bilinearly_and_antialiases(tmp_path):
     checker_big = (np.indices((96, 96)).sum(0) % 2 * 255).astype(np.uint8)
     shrunk = stretch({"image": save(tmp_path / "cb.png", np.dstack([checker_big] * 3))})["image"]  # x1/3
     assert (shrunk - 0.5).abs().max() < 0.1
-    default = Compose(image_preprocessing())({"image": save(tmp_path / "d.png", picture(8, 8))})["image"]
+    import pickle
+
+    pipeline = pickle.loads(pickle.dumps(Compose(image_preprocessing())))  # DataLoader workers may spawn
+    default = pipeline({"image": save(tmp_path / "d.png", picture(8, 8))})["image"]
     assert default.shape == (3, 224, 224) and default.dtype == torch.float32
 
 

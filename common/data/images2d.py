@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import PILReader
 
 from common.data.validate import Problem
 
@@ -41,6 +42,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "to_rgb",
+    "RowMajorPILReader",
     "image_reader",
     "load_image2d",
     "image_preprocessing",
@@ -72,11 +74,17 @@ def to_rgb(image: Any) -> Any:
     return image.convert("RGB")
 
 
-def image_reader() -> Any:
-    """MONAI's ``PILReader`` in this collection's convention: ``[H, W, C]`` arrays (no axis swap), RGB."""
-    from monai.data import PILReader
+class RowMajorPILReader(PILReader):
+    """MONAI's ``PILReader`` that also reports ``spatial_shape`` as (height, width), the order of the array it returns
+    with ``reverse_indexing=False`` (``PILReader`` always reports (width, height)). Nothing else differs."""
 
-    return PILReader(converter=to_rgb, reverse_indexing=False)
+    def _get_spatial_shape(self, img: Any) -> np.ndarray:
+        return np.asarray((img.height, img.width))
+
+
+def image_reader() -> RowMajorPILReader:
+    """The reader in this collection's convention: ``[H, W, C]`` arrays (no axis swap), RGB via ``to_rgb``."""
+    return RowMajorPILReader(converter=to_rgb, reverse_indexing=False)
 
 
 def load_image2d(path: str | os.PathLike) -> torch.Tensor:
