@@ -632,3 +632,29 @@ def test_first_ids_are_listed_up_to_five(caplog):
     with caplog.at_level(logging.WARNING):
         join_subjects([{"subject_id": s} for s in ["s1", "a", "b", "c", "d", "e", "f"]], t)
     assert "(first: a, b, c, d, e, ...)" in caplog.text
+
+
+def test_remaining_reader_errors_name_their_file(tmp_path):
+    np.savez(tmp_path / "s.npz", values=np.array([["a"]]), ids=np.array(["p"]))
+    with pytest.raises(ValueError, match=r"s\.npz: matrix of dtype <U1, expected numbers"):
+        read_npz(tmp_path / "s.npz")
+    np.savez(tmp_path / "ok.npz", values=np.ones((1, 1)), ids=np.array(["p"]))
+    assert read_npz(tmp_path / "ok.npz").source == str(tmp_path / "ok.npz")
+    bad = write(tmp_path / "bad.sscore", "#IID\tSCORE1_AVG\ns1\t0.5\ns2\tn/a?\n")
+    with pytest.raises(
+        ValueError, match=r"bad\.sscore: 1 non-numeric cell\(s\); first at line 3, subject 's2', column 'SCORE1_AVG'"
+    ):
+        read_sscore(bad)
+    assert read_sscore(write(tmp_path / "g.sscore", "#IID\tSCORE1_AVG\ns1\tNA\n")).source == str(tmp_path / "g.sscore")
+    no_gt = VCF_TEXT.replace("\tGT\t", "\tDP\t").replace('##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
+                                                        '##FORMAT=<ID=DP,Number=1,Type=Integer,Description="Depth">')  # fmt: skip
+    no_gt = (
+        no_gt.replace("0/0\t0/1\t1/1", "3\t4\t5")
+        .replace("1|0\t./.\t0|0", "3\t4\t5")
+        .replace("./1\t1/2\t0/2", "3\t4\t5")
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"nogt\.vcf: not a readable VCF \(ValueError: the VCF header declares no GT \(genotype\) FORMAT field\)",
+    ):
+        read_vcf(write(tmp_path / "nogt.vcf", no_gt))

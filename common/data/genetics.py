@@ -433,7 +433,7 @@ def read_sscore(
     return FeatureTable(ids, [f for t in tables for f in t.features], values, ", ".join(files))
 
 
-def _h5_strings(path: str, handle: Any, names: Sequence[str]) -> list[str] | None:
+def _h5_strings(handle: Any, names: Sequence[str]) -> list[str] | None:
     for n in names:
         if n in handle:
             return _as_ids(np.asarray(handle[n]))
@@ -468,8 +468,8 @@ def read_burden(
             if key is None:
                 raise ValueError(f"{path}: no 'G' dataset (ContIG burden layout; it holds {sorted(f.keys())})")
             values = np.asarray(f[key], dtype=np.float32)
-            inner_ids = _h5_strings(path, f, ("iid", "iids", "ids"))
-            inner_cols = _h5_strings(path, f, ("colnames", "columns", "features"))
+            inner_ids = _h5_strings(f, ("iid", "iids", "ids"))
+            inner_cols = _h5_strings(f, ("colnames", "columns", "features"))
     except ValueError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -498,11 +498,13 @@ def read_vcf(path: str | os.PathLike) -> FeatureTable:
         samples = list(vcf.samples)
         if not samples:
             raise ValueError("the VCF header names no samples")
+        try:
+            vcf.get_header_type("GT")
+        except KeyError:
+            raise ValueError("the VCF header declares no GT (genotype) FORMAT field") from None
         names, dosages, multi = [], [], 0
         for v in vcf:
-            gt = v.genotype.array()[:, :-1] if v.genotype is not None else None  # [samples, ploidy]
-            if gt is None:
-                raise ValueError(f"variant {v.CHROM}:{v.POS} has no GT field")
+            gt = v.genotype.array()[:, :-1]  # [samples, ploidy]
             dose = (gt > 0).sum(1).astype(np.float32)
             dose[(gt == -1).any(1)] = np.nan  # -1 missing allele; -2 pads haploid calls
             dosages.append(dose)
