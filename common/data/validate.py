@@ -11,6 +11,10 @@ label whose shape differs), content (NaN, Inf, empty or constant volumes, label 
 tabular inputs (gene vectors of the wrong length or with non-numeric entries), WSI feature bags (no patches,
 wrong rank), class labels (not an integer, out of range) and duplicates (subject ids: error; a file used by two
 subjects: warning).
+
+2D images paired with genetics (MRM) have their own entry points, ``validate_paired_entries`` /
+``validate_paired_datalist`` / ``check_paired_or_raise``: image checks from ``common.data.images2d`` and table checks
+on a ``common.data.genetics.FeatureTable`` (which errors and which warnings: ``validate_paired_entries``).
 """
 
 from __future__ import annotations
@@ -20,14 +24,24 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Problem", "DataValidationError", "validate_entries", "validate_datalist", "check_or_raise"]
+__all__ = [
+    "Problem",
+    "DataValidationError",
+    "validate_entries",
+    "validate_datalist",
+    "check_or_raise",
+    "raise_for_problems",
+    "validate_paired_entries",
+    "validate_paired_datalist",
+    "check_paired_or_raise",
+]
 logger = logging.getLogger(__name__)
 
 _NIFTI = (".nii", ".nii.gz", ".img", ".hdr", ".mgz")
@@ -403,9 +417,221 @@ def check_or_raise(entries_or_datalist: Iterable[Any] | str, image_keys: Sequenc
         problems = validate_datalist(str(entries_or_datalist), image_keys, **kwargs)
     else:
         problems = validate_entries(list(entries_or_datalist), image_keys, **kwargs)
+    raise_for_problems(problems)
+
+
+def raise_for_problems(problems: Sequence[Problem]) -> None:
+    """Log the warnings; raise :class:`DataValidationError` listing every error (if any)."""
+    problems = list(problems)
     for p in problems:
         if p.severity == "warning":
             logger.warning(str(p))
     if any(p.severity == "error" for p in problems):
         raise DataValidationError(problems)
     logger.info(f"data check passed ({sum(p.severity == 'warning' for p in problems)} warnings)")
+
+
+# ------------------------------------------------------------------------------- 2D images paired with genetics
+
+
+def _first_ids(ids: Sequence[str], limit: int = 5) -> str:
+    return ", ".join(list(ids)[:limit]) + (", ..." if len(ids) > limit else "")
+
+
+def _paired_genetics_problems(
+    table: Any, image_ids: Sequence[str], num_features: int | None, require: bool
+) -> list[Problem]:
+    """Table-level findings: width, Inf, all-missing / partly missing subjects, ids that do not join."""
+    src, problems = table.source, []
+    if num_features is not None and table.num_features != num_features:
+        problems.append(
+            Problem(
+                "error", "genetics", src, f"genetics vectors of length {table.num_features}, expected {num_features}"
+            )
+        )
+    values = table.values
+    inf_rows = np.nonzero(np.isinf(values).any(1))[0]
+    for r in inf_rows:
+        j = int(np.nonzero(np.isinf(values[r]))[0][0])
+        problems.append(
+            Problem("error", table.ids[r], src, f"Inf genetics value (first in feature {table.features[j]!r})")
+        )
+    nan = np.isnan(values)
+    empty = np.nonzero(nan.all(1))[0] if values.shape[1] else np.array([], dtype=int)
+    problems += [Problem("error", table.ids[r], src, "every genetics value is missing") for r in empty]
+    partial = int((nan.any(1) & ~nan.all(1)).sum())
+    if partial:
+        problems.append(
+            Problem(
+                "warning",
+                "genetics",
+                src,
+                f"{partial} subject(s) have missing values ({100 * nan.mean():.2g}% of all values); they are imputed "
+                "with the training mean",
+            )
+        )
+    unique_ids = list(dict.fromkeys(image_ids))
+    joined = [s for s in unique_ids if s in table]
+    image_only = [s for s in unique_ids if s not in table]
+    present = set(unique_ids)
+    genetics_only = [s for s in table.ids if s not in present]
+    if unique_ids and not joined:
+        problems.append(
+            Problem(
+                "error",
+                "genetics",
+                src,
+                f"no image subject has genetics: the ids do not join (images: {_first_ids(unique_ids, 3)}; "
+                f"genetics: {_first_ids(table.ids, 3)})",
+            )
+        )
+    elif image_only:
+        if require:
+            problems += [Problem("error", s, src, "image subject has no genetics") for s in image_only]
+        else:
+            problems.append(
+                Problem(
+                    "warning",
+                    "genetics",
+                    src,
+                    f"{len(image_only)} image subject(s) have no genetics and are left out of paired training "
+                    f"(first: {_first_ids(image_only)})",
+                )
+            )
+    if joined and genetics_only:
+        problems.append(
+            Problem(
+                "warning",
+                "genetics",
+                src,
+                f"{len(genetics_only)} genetics subject(s) have no image; unused (first: {_first_ids(genetics_only)})",
+            )
+        )
+    return problems
+
+
+def validate_paired_entries(
+    entries: Sequence[Any] | Mapping[str, Sequence[Any]],
+    genetics: Any = None,
+    *,
+    image_key: str = "image",
+    gene_key: str | None = None,
+    num_features: int | None = None,
+    genetics_kwargs: Mapping[str, Any] | None = None,
+    require_genetics: bool = False,
+    min_size: int = 32,
+    size: int | None = None,
+    allow_grey: bool = True,
+    check_content: bool = True,
+) -> list[Problem]:
+    """Every problem of 2D images paired with one genetics vector per subject (MRM), each naming file and problem.
+
+    Args:
+        entries: data dicts with ``subject_id`` and ``image_key``, as one list or as ``{split: list}`` (then a
+            subject or an image found in two splits is reported as a leak).
+        genetics: a ``FeatureTable``, a path read with ``common.data.genetics.read_genetics(path,
+            **genetics_kwargs)``, or ``None`` (images only, e.g. MRM's single-modality mode).
+        gene_key: per-entry genetics vectors (inline list or a CSV/TSV/JSON file), checked for ``num_features``.
+        num_features: the expected genetics length (e.g. the pre-trained network's input width).
+        require_genetics: an image subject without genetics is an error instead of a warning.
+        min_size, size, allow_grey, check_content: image checks (see ``common.data.images2d.check_image2d``).
+
+    Errors (training cannot start): an entry without ``subject_id`` or image; a corrupt / unreadable / missing
+    image, a channel layout that cannot become RGB, too small, NaN/Inf or blank; a subject or image file in two
+    splits; genetics unreadable (a reader refuses duplicate subject ids, naming them); vectors of the wrong length;
+    Inf values; a subject whose genetics are all missing; no image subject joining the genetics at all (and each
+    image subject without genetics under ``require_genetics``).
+
+    Warnings (training goes on, nothing dropped silently): image subjects without genetics (left out of paired
+    training by ``join_subjects``, count and first ids), genetics subjects without images, partly missing genetics
+    (imputed), a subject with several images in one split (e.g. both eyes: each image is a sample with the same
+    genetics), one file used by two entries of a split, grey images, dropped alpha channels.
+
+    Example: ``problems = validate_paired_entries(entries, "genotypes.bed", num_features=1000)``.
+    """
+    from common.data.images2d import check_image2d
+
+    splits = dict(entries) if isinstance(entries, Mapping) else {"entries": list(entries)}
+    problems: list[Problem] = []
+    seen_subject: dict[str, str] = {}
+    seen_file: dict[str, str] = {}
+    image_ids: list[str] = []
+    for split, items in splits.items():
+        per_subject: Counter = Counter()
+        per_file: Counter = Counter()
+        for i, entry in enumerate(items):
+            where = f"{split} entry {i}"
+            if not isinstance(entry, Mapping):
+                problems.append(Problem("error", where, None, f"is a {type(entry).__name__}, expected an object"))
+                continue
+            if "subject_id" not in entry or entry["subject_id"] in ("", None):
+                problems.append(Problem("error", where, None, "no subject_id"))
+                continue
+            sid = str(entry["subject_id"])
+            if not entry.get(image_key):
+                problems.append(Problem("error", sid, None, f"no '{image_key}'"))
+                continue
+            path = str(entry[image_key])
+            image_ids.append(sid)
+            per_subject[sid] += 1
+            per_file[path] += 1
+            for seen, value, what in ((seen_subject, sid, "subject"), (seen_file, path, "image")):
+                if seen.setdefault(value, split) != split:
+                    problems.append(
+                        Problem("error", sid, path, f"{what} is in both '{seen[value]}' and '{split}' (a leak)")
+                    )
+            problems += check_image2d(path, sid, image_key, min_size, size, allow_grey, check_content)
+            if gene_key and gene_key in entry:
+                problems += _check_genes(sid, entry[gene_key], num_features)
+        problems += [
+            Problem("warning", s, None, f"{n} images in '{split}'; each is one sample with the same genetics")
+            for s, n in per_subject.items()
+            if n > 1
+        ]
+        problems += [
+            Problem("warning", split, f, f"the same file is used by {n} entries") for f, n in per_file.items() if n > 1
+        ]
+    if genetics is not None:
+        from common.data.genetics import FeatureTable, read_genetics
+
+        table = genetics
+        if not isinstance(genetics, FeatureTable):
+            try:
+                table = read_genetics(genetics, **dict(genetics_kwargs or {}))
+            except (OSError, ValueError, KeyError) as e:
+                return problems + [Problem("error", "genetics", str(genetics), str(e).strip("'\""))]
+        problems += _paired_genetics_problems(table, image_ids, num_features, require_genetics)
+    return problems
+
+
+def validate_paired_datalist(
+    datalist: str,
+    genetics: Any = None,
+    splits: Sequence[str] = ("training", "validation"),
+    base_dir: str | None = None,
+    image_key: str = "image",
+    **kwargs: Any,
+) -> list[Problem]:
+    """:func:`validate_paired_entries` over the ``splits`` of a JSON / CSV datalist (``read_image_datalist``)."""
+    from common.data.images2d import read_image_datalist
+
+    found: dict[str, list] = {}
+    for split in splits:
+        try:
+            found[split] = read_image_datalist(datalist, split, image_key=image_key, base_dir=base_dir)
+        except KeyError:
+            continue
+        except (FileNotFoundError, ValueError) as e:
+            return [Problem("error", "datalist", datalist, str(e))]
+    if not any(found.values()):
+        return [Problem("error", "datalist", datalist, f"no entries in {list(splits)}")]
+    return validate_paired_entries(found, genetics, image_key=image_key, **kwargs)
+
+
+def check_paired_or_raise(entries_or_datalist: Any, genetics: Any = None, **kwargs: Any) -> None:
+    """Validate images + genetics (a datalist path, a list or ``{split: list}``), log warnings, raise on errors."""
+    if isinstance(entries_or_datalist, (str, os.PathLike)):
+        problems = validate_paired_datalist(str(entries_or_datalist), genetics, **kwargs)
+    else:
+        problems = validate_paired_entries(entries_or_datalist, genetics, **kwargs)
+    raise_for_problems(problems)
