@@ -336,6 +336,16 @@ def test_norm_pix_loss_target_by_hand():
     assert torch.equal(mrm_tiny(None).image_target(x), x)
 
 
+def test_norm_pix_loss_switch_reaches_the_loss():
+    torch.manual_seed(0)
+    net = mrm_tiny(None, norm_pix_loss=True).eval()
+    x = torch.rand(2, 3, 32, 32) * 4 + 2  # far from zero mean / unit variance per patch
+    out = net(x)
+    expected = (out["pred"] - net.image_target(x)).pow(2).mean().item()
+    assert out["loss_rec_image"].item() == pytest.approx(expected, rel=1e-6)
+    assert out["loss_rec_image"].item() != pytest.approx((out["pred"] - x).pow(2).mean().item(), rel=1e-2)
+
+
 def test_backward_reaches_both_branches_and_every_module(net):
     x, g = _inputs()
     net.train()
