@@ -94,7 +94,7 @@ def relation_mask(attn: torch.Tensor, tau: float, renormalize: bool = False, eps
         tensor([[0.0000, 0.0000, 0.2000, 0.1000]])
     """
     keep = relation_keep_mask(attn, tau)
-    masked = attn.masked_fill(~keep, 0.0)  # R^M[p, q] = R[p, q] if R[p, q] < r^p else 0  # Eq. 4 / Eq. 6
+    masked = torch.where(keep, attn, 0.0)  # R^M[p, q] = R[p, q] if R[p, q] < r^p else 0  # Eq. 4 / Eq. 6
     if renormalize:
         masked = masked / masked.sum(dim=-1, keepdim=True).clamp_min(eps)
     return masked

@@ -413,11 +413,12 @@ def mrm_step_benchmark(
 ) -> dict[str, float]:
     """Time the full MRM training step against two plain ViT forward+backward passes, at one shape.
 
-    Measures, in seconds per step (best of ``repeats`` after one warm-up): ``step`` (both branches, both decoders,
-    every loss, backward, AdamW step with the two parameter groups), ``plain_vit`` (one full-token forward +
-    backward of the same ViT alone, mean-token loss), and ``masking`` (the forward of the explicit relation-masked
-    attention of the masked blocks minus the fused attention it replaces, measured on the real q/k/v shapes).
-    For ``tools/benchmark.py``; never called by tests.
+    Seconds (best of ``repeats`` after one warm-up) of: ``step``, the full training step (both branches, both
+    decoders, every loss, backward, AdamW step over the two parameter groups); ``plain_vit``, one full-token
+    forward + backward of the same ViT alone (mean-token loss, no optimiser); ``masking``, forward + backward of
+    the explicit relation-masked attention of the masked blocks (softmax, top-tau, ``R^M V``) on their real q/k/v
+    shapes, and ``fused``, the same with PyTorch's fused attention (what the intact blocks pay). For
+    ``tools/benchmark.py``; never called by tests.
 
     Args:
         num_genetic_features: G (``None``: single-modality).
@@ -427,7 +428,7 @@ def mrm_step_benchmark(
         device: where to run.
 
     Returns:
-        ``step``, ``plain_vit``, ``step_over_two_vit`` (target <= 1.3), ``masking``, ``masking_share`` (<= 0.1).
+        the times, ``step_over_two_vit`` (target <= 1.3) and ``masking_share`` = masking / step (target < 0.1).
     """
     from common.networks.relation_attention import relation_masked_attention
 
@@ -436,20 +437,18 @@ def mrm_step_benchmark(
     x = torch.randn(batch, net.in_channels, *net.img_size, device=device)
     g = torch.randn(batch, net.num_genetic_features, device=device) if net.multimodal else None
 
-    def sync() -> None:
+    def timed(fn) -> float:
+        t = time.perf_counter()
+        fn()
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize()
+        return time.perf_counter() - t
 
-    def best(fn) -> float:
-        fn()
-        sync()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - t)
-        return min(times)
+    def best(*fns) -> list[float]:
+        """Interleaved (one of each per round, so a busy machine slows all alike), best of ``repeats`` after a
+        warm-up round."""
+        rounds = [[timed(fn) for fn in fns] for _ in range(repeats + 1)][1:]
+        return [min(r[i] for r in rounds) for i in range(len(fns))]
 
     def step() -> None:
         out = net(x, g)
@@ -465,32 +464,31 @@ def mrm_step_benchmark(
 
     heads = net.vit.blocks[0].attn.num_heads
     d = net.vit.patch_embedding.position_embeddings.shape[-1] // heads
-    t_len = net.genome_encoder.num_tokens if net.multimodal else 0
-    shapes = [(net.num_patches, net.num_patches, net.tau_image)]
+    L = net.num_patches
+    shapes = [(L, L, net.tau_image)]  # image self-attention
     if net.multimodal:
-        shapes += [(t_len, t_len, net.tau_genome), (net.num_patches, t_len, net.tau_image),
-                   (t_len, net.num_patches, net.tau_genome)]  # fmt: skip
+        t = net.genome_encoder.num_tokens  # genome self, image->genome, genome->image
+        shapes += [(t, t, net.tau_genome), (L, t, net.tau_image), (t, L, net.tau_genome)]
     qkv = [
-        tuple(torch.randn(batch, heads, n, d, device=device) for n in (lq, lk, lk)) + (tau,) for lq, lk, tau in shapes
+        (*(torch.randn(batch, heads, n, d, device=device, requires_grad=True) for n in (lq, lk, lk)), tau)
+        for lq, lk, tau in shapes
     ]
 
-    def explicit() -> None:
+    def attention(masked: bool) -> None:
         for _ in range(net.masked_blocks):
             for q, k, v, tau in qkv:
-                relation_masked_attention(q, k, v, tau)
+                if masked:
+                    out = relation_masked_attention(q, k, v, tau)
+                else:
+                    out = nn.functional.scaled_dot_product_attention(q, k, v)
+                out.sum().backward()
 
-    def fused() -> None:
-        for _ in range(net.masked_blocks):
-            for q, k, v, _tau in qkv:
-                nn.functional.scaled_dot_product_attention(q, k, v)
-
-    t_step, t_plain = best(step), best(plain)
-    with torch.no_grad():
-        t_mask = max(0.0, best(explicit) - best(fused))
+    t_step, t_plain, t_mask, t_fused = best(step, plain, lambda: attention(True), lambda: attention(False))
     return {
         "step": t_step,
         "plain_vit": t_plain,
         "step_over_two_vit": t_step / (2 * t_plain),
         "masking": t_mask,
+        "fused": t_fused,
         "masking_share": t_mask / t_step,
     }
