@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from monai.networks.blocks import CrossAttentionBlock, SABlock
 from monai.networks.nets import UNETR
 
@@ -301,7 +300,9 @@ def test_match_samples_is_honoured(monkeypatch):
     torch.manual_seed(0)
     net = mrm_tiny(G, match_samples=2).eval()
     asked = []
-    monkeypatch.setattr(mrm_module, "draw_match_samples", lambda b, n, **kw: asked.append((b, n)) or torch.tensor([0, 3]))
+    monkeypatch.setattr(
+        mrm_module, "draw_match_samples", lambda b, n, **kw: asked.append((b, n)) or torch.tensor([0, 3])
+    )
     seen = _capture_decoder_inputs(net, monkeypatch)
     x, g = _inputs(b=5)
     out = net(x, g)

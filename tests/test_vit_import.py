@@ -175,7 +175,9 @@ def test_position_grid_resize():
     pos = torch.randn(1, 16, 8)
     assert interpolate_position_embeddings(pos, (4, 4), (4, 4)) is pos
     const = torch.ones(1, 16, 8) * torch.arange(8.0)
-    assert torch.allclose(interpolate_position_embeddings(const, (4, 4), (2, 2)), torch.ones(1, 4, 8) * torch.arange(8.0))
+    assert torch.allclose(
+        interpolate_position_embeddings(const, (4, 4), (2, 2)), torch.ones(1, 4, 8) * torch.arange(8.0)
+    )
     # the grid layout is row-major (h, w): resizing a map that varies along w only keeps it constant along h
     ramp_w = torch.arange(4.0).repeat(4).reshape(1, 16, 1)  # value = column index
     out = interpolate_position_embeddings(ramp_w, (4, 4), (3, 3)).reshape(3, 3)
@@ -183,9 +185,16 @@ def test_position_grid_resize():
     # a 4x4-grid checkpoint (64 px) into a 2x2-grid ViT (32 px): the class slot dropped, then resized
     sd = timm_state(grid=4)
     converted = convert_timm_vit_state_dict(sd, monai_vit(img=32))
-    expected = F.interpolate(
-        sd["pos_embed"][:, 1:].reshape(1, 4, 4, D).permute(0, 3, 1, 2), size=(2, 2), mode="bicubic", align_corners=False
-    ).permute(0, 2, 3, 1).reshape(1, 4, D)
+    expected = (
+        F.interpolate(
+            sd["pos_embed"][:, 1:].reshape(1, 4, 4, D).permute(0, 3, 1, 2),
+            size=(2, 2),
+            mode="bicubic",
+            align_corners=False,
+        )
+        .permute(0, 2, 3, 1)
+        .reshape(1, 4, D)
+    )
     assert torch.allclose(converted["patch_embedding.position_embeddings"], expected, atol=1e-6)
 
 

@@ -344,7 +344,9 @@ class MRM(nn.Module):
             )
         if not self.multimodal and genetics is not None:
             raise ValueError("this MRM network is image-only (num_genetic_features=None) but got genetics")
-        if genetics is not None and (genetics.ndim != 2 or genetics.shape != (image.shape[0], self.num_genetic_features)):
+        if genetics is not None and (
+            genetics.ndim != 2 or genetics.shape != (image.shape[0], self.num_genetic_features)
+        ):
             raise ValueError(
                 f"expected genetics [{image.shape[0]}, {self.num_genetic_features}], got {list(genetics.shape)}"
             )

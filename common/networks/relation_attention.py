@@ -81,9 +81,7 @@ def _check_plain(block: nn.Module) -> None:
         raise ValueError("relation masking supports neither relative position embeddings nor causal attention")
 
 
-def relation_self_attention(
-    block: SABlock, x: torch.Tensor, tau: float, renormalize: bool = False
-) -> torch.Tensor:
+def relation_self_attention(block: SABlock, x: torch.Tensor, tau: float, renormalize: bool = False) -> torch.Tensor:
     """MONAI ``SABlock`` self-attention with relation masking (Eq. 3-4), on ``block``'s own parameters.
 
     Args:

@@ -197,7 +197,9 @@ class GenomeEncoder(nn.Module):
         self.position_embeddings = nn.Parameter(torch.zeros(1, num_tokens, hidden_size))
         nn.init.trunc_normal_(self.position_embeddings, std=0.02)
         self.blocks = nn.ModuleList(
-            TransformerBlock(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias, use_flash_attention=fused_attention)
+            TransformerBlock(
+                hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias, use_flash_attention=fused_attention
+            )
             for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(hidden_size)

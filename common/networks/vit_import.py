@@ -87,7 +87,9 @@ def timm_vit_key(key: str) -> str | None:
     return None
 
 
-def interpolate_position_embeddings(pos: torch.Tensor, src_grid: Sequence[int], dst_grid: Sequence[int]) -> torch.Tensor:
+def interpolate_position_embeddings(
+    pos: torch.Tensor, src_grid: Sequence[int], dst_grid: Sequence[int]
+) -> torch.Tensor:
     """Resize patch position embeddings ``[1, h*w, D]`` from grid ``(h, w)`` to ``dst_grid``, bicubically in 2D.
 
     Args:
@@ -183,9 +185,7 @@ def _fit_positions(pos: torch.Tensor, target: torch.Tensor, prefix: int) -> torc
     return interpolate_position_embeddings(pos, (side, side), (dst_side, dst_side))
 
 
-def load_timm_vit(
-    vit: nn.Module, path: str | Path, dropped: Sequence[str] = DROPPED_KEYS
-) -> dict[str, list[str]]:
+def load_timm_vit(vit: nn.Module, path: str | Path, dropped: Sequence[str] = DROPPED_KEYS) -> dict[str, list[str]]:
     """Load a local timm/MAE ViT checkpoint into a MONAI 2D ViT (e.g. ``MRM.vit``), in place.
 
     Args:
