@@ -44,7 +44,7 @@ from common.losses.mrm import (
     self_matching_loss,
 )
 from common.networks.relation_attention import CrossModalAttention, block_mlp, relation_block_attention
-from common.networks.snn import GenomeEncoder, SegmentLinear
+from common.networks.snn import GenomeEncoder, SegmentLinear, num_segments_length
 from common.networks.vit import unetr_vit
 
 __all__ = [
@@ -205,7 +205,7 @@ class MRM(nn.Module):
                 genome_mlp_dim or mlp_dim, snn_hidden, tokenizer, snn_dropout, dropout_rate, qkv_bias,
                 fused_attention,
             )  # fmt: skip
-            seg = -(-self.num_genetic_features // genome_tokens)  # variants per genome token (ceil)
+            seg = num_segments_length(self.num_genetic_features, genome_tokens)  # variants per genome token
             self.genome_decoder = FusionDecoder(
                 hidden_size, genome_tokens, self.num_patches,
                 SegmentLinear(genome_tokens, genome_decoder_size, seg),
@@ -412,6 +412,7 @@ def mrm_step_benchmark(
     repeats: int = 2,
     net: MRM | None = None,
     device: str = "cpu",
+    clock: str = "wall",
 ) -> dict[str, float]:
     """Time the full MRM training step against two plain ViT forward+backward passes, at one shape.
 
@@ -428,6 +429,8 @@ def mrm_step_benchmark(
         repeats: timed steps.
         net: the network to time (default: :func:`mrm_vit_base_patch16`).
         device: where to run.
+        clock: ``"wall"`` (``time.perf_counter``) or ``"process"`` (``time.process_time``: CPU seconds of this
+            process, all threads summed; on a machine shared with other jobs the ratios stay meaningful).
 
     Returns:
         the times, ``step_over_two_vit`` (target <= 1.3) and ``masking_share`` = masking / step (target < 0.1).
@@ -439,12 +442,16 @@ def mrm_step_benchmark(
     x = torch.randn(batch, net.in_channels, *net.img_size, device=device)
     g = torch.randn(batch, net.num_genetic_features, device=device) if net.multimodal else None
 
+    if clock not in ("wall", "process"):
+        raise ValueError(f"clock must be 'wall' or 'process', got {clock!r}")
+    now = time.perf_counter if clock == "wall" else time.process_time
+
     def timed(fn) -> float:
-        t = time.perf_counter()
+        t = now()
         fn()
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - t
+        return now() - t
 
     def best(*fns) -> list[float]:
         """Interleaved (one of each per round, so a busy machine slows all alike), best of ``repeats`` after a
