@@ -93,6 +93,7 @@ def test_loss_weights_make_the_trainers_sum_eq14():
         trainer_sum = sum(w[k] * v for k, v in terms.items())  # what SelfSupervisedTrainer computes
         assert trainer_sum == pytest.approx(1 + 2 + lam * (3 + 4))
     assert mrm_loss_weights(0.5, genetics=False) == {"loss_rec_image": 1.0, "loss_match_self": 0.5}
+    assert set(mrm_loss_weights().values()) == {1.0}  # the paper's lambda = 1 by default
 
 
 def test_draw_match_samples():
@@ -105,5 +106,7 @@ def test_draw_match_samples():
     assert torch.equal(idx, again)
     draws = torch.stack([draw_match_samples(10, 3) for _ in range(50)])
     assert len(set(draws.flatten().tolist())) > 3  # random, not the first three
+    assert draw_match_samples(256).shape == (8,)  # the paper's 8 by default
+    assert draw_match_samples(10, 2).shape == (2,)  # 2 samples are enough for a relation
     with pytest.raises(ValueError, match="at least 2 samples"):
         draw_match_samples(10, 1)

@@ -407,6 +407,11 @@ def test_parameter_groups_split_image_and_genome_sides(net):
     assert ids(net.vit.parameters()) <= ids(image["params"])
     assert (image["lr"], image["weight_decay"], genome["lr"], genome["weight_decay"]) == (2e-3, 0.05, 1e-3, 0.0)
     assert len(parameter_groups(mrm_tiny(None))) == 1
+    defaults = parameter_groups(net)
+    assert [g["name"] for g in defaults] == ["image", "genome"]
+    assert [(g["lr"], g["weight_decay"]) for g in defaults] == [(1e-3, 0.05), (1e-3, 0.0)]  # paper: lr 1e-3 each
+    wrapped = parameter_groups(torch.nn.DataParallel(net))  # DDP / DataParallel wrappers are looked through
+    assert ids(wrapped[1]["params"]) == ids(genome["params"])
 
 
 def test_adamw_without_weight_decay_is_adam():

@@ -21,6 +21,7 @@ def test_snn_layers_and_init():
     kinds = [type(m) for m in net.layers]
     assert kinds == [nn.Linear, nn.SELU, nn.AlphaDropout, nn.Linear, nn.SELU, nn.AlphaDropout, nn.Linear]
     assert net.layers[2].p == 0.2
+    assert net(torch.randn(3, 50)).shape == (3, 8)
     for m in net.layers:
         if isinstance(m, nn.Linear):
             assert torch.count_nonzero(m.bias) == 0
@@ -78,6 +79,7 @@ def test_genome_encoder_shapes_blocks_and_errors():
     enc = GenomeEncoder(101, hidden_size=16, num_tokens=4, num_layers=3, num_heads=2, mlp_dim=32)
     tokens, hidden = enc(torch.randn(2, 101))
     assert tokens.shape == (2, 4, 16) and len(hidden) == 3
+    assert torch.allclose(enc.norm(hidden[-1]), tokens) and hidden[0].shape == (2, 4, 16)
     assert all(isinstance(b, TransformerBlock) and b.attn.use_flash_attention for b in enc.blocks)
     with pytest.raises(ValueError, match=r"expected genetics \[B, 101\], got \[2, 100\]"):
         enc(torch.randn(2, 100))

@@ -5,6 +5,7 @@ and MAE's ``models_mae`` define them; timm is not importable beside this torch),
 written here by hand, so equivalence is proven without either library.
 """
 
+import argparse
 import math
 
 import pytest
@@ -214,5 +215,42 @@ def test_bad_files(tmp_path):
         load_timm_vit(monai_vit(), bad)
     listed = tmp_path / "list.pth"
     torch.save([torch.zeros(1)], listed)
-    with pytest.raises(ValueError, match="not a state dict"):
+    with pytest.raises(ValueError, match="holds a list, not a state dict"):
         load_timm_vit(monai_vit(), listed)
+    # an MAE training checkpoint pickles its argparse namespace: refused by weights_only, with the way out
+    pickled = tmp_path / "checkpoint-399.pth"
+    torch.save({"model": timm_state(), "args": argparse.Namespace(lr=1e-3)}, pickled)
+    with pytest.raises(ValueError, match=r"weights_only=True(.|\n)*torch.save\(torch.load"):
+        load_timm_vit(monai_vit(), pickled)
+
+
+def test_error_names_the_file_and_custom_drops_pass_through(tmp_path):
+    sd = timm_state()
+    sd["dist_token"] = torch.zeros(1, 1, D)
+    path = tmp_path / "deit.pth"
+    torch.save({"state_dict": sd}, path)  # the other common wrapper
+    with pytest.raises(ValueError, match=r"cannot import .*deit.pth into the MONAI ViT:\n  source keys without"):
+        load_timm_vit(monai_vit(), path)
+    vit = monai_vit()
+    load_timm_vit(vit, path, dropped=(r"cls_token", r"head\..*", r"dist_token"))
+    assert torch.equal(vit.norm.weight, sd["norm.weight"])
+    with pytest.raises(ValueError, match="cannot import the checkpoint into"):
+        convert_timm_vit_state_dict(sd, monai_vit())
+
+
+def test_target_may_be_a_state_dict():
+    vit = monai_vit()
+    converted = convert_timm_vit_state_dict(timm_state(), vit.state_dict())
+    assert set(converted) == {k for k in vit.state_dict() if "norm_cross_attn" not in k}
+
+
+def test_grids_that_do_not_fit_are_refused():
+    sd = timm_state(cls=False)
+    sd["pos_embed"] = torch.zeros(1, 5, D)  # 5 patch positions: no square grid
+    with pytest.raises(ValueError, match="hold 5 patch positions, not a square grid"):
+        convert_timm_vit_state_dict(sd, monai_vit())
+    wide = unetr_vit(3, (32, 48), P, D, MLP, DEPTH, HEADS, qkv_bias=True, spatial_dims=2)  # 2 x 3 grid
+    with pytest.raises(ValueError, match="target has 6 patch positions"):
+        convert_timm_vit_state_dict(timm_state(grid=4), wide)
+    # the function itself resizes to any grid
+    assert interpolate_position_embeddings(torch.randn(1, 16, D), (4, 4), (2, 3)).shape == (1, 6, D)

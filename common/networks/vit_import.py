@@ -208,7 +208,12 @@ def load_timm_vit(vit: nn.Module, path: str | Path, dropped: Sequence[str] = DRO
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise ValueError(f"cannot read ViT checkpoint {path}: {e}") from None
+        raise ValueError(
+            f"cannot read ViT checkpoint {path} with weights_only=True: {str(e).splitlines()[0]}\n"
+            "A training checkpoint that pickles more than tensors (MAE's holds its argparse 'args') must be reduced "
+            "to its weights first, if you trust the file: torch.save(torch.load(path, weights_only=False)['model'], "
+            "'weights.pth')"
+        ) from None
     if not isinstance(state, Mapping):
         raise ValueError(f"ViT checkpoint {path} holds a {type(state).__name__}, not a state dict")
     converted = convert_timm_vit_state_dict(state, vit, dropped, source=str(path))
