@@ -296,6 +296,26 @@ def test_losses_are_eq7_and_matching_of_intact_against_masked(net, monkeypatch):
     assert out["loss_match_self"].item() > 1e-6 and out["loss_match_cross"].item() > 1e-6
 
 
+def test_image_only_matching_compares_intact_with_masked(monkeypatch):
+    torch.manual_seed(0)
+    net = mrm_tiny(None, match_samples=None).eval()
+    seen = {}
+    real = net.image_decoder.forward
+
+    def spy(tokens, context=None):
+        seen["z_im"], seen["context"] = tokens.detach(), context
+        return real(tokens, context)
+
+    monkeypatch.setattr(net.image_decoder, "forward", spy)
+    x, _ = _inputs()
+    out = net(x)
+    assert seen["context"] is None  # the decoder reads z_I,M alone (no fusion, section 4.6)
+    z_i, z_im = net.vit(x)[0], net.forward_masked(net.vit.patch_embedding(x))[0]
+    assert torch.allclose(seen["z_im"], z_im, atol=1e-6)
+    expected = self_matching_loss([z_i.mean(1)], [z_im.mean(1)]).item()
+    assert expected > 1e-6 and out["loss_match_self"].item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_match_samples_is_honoured(monkeypatch):
     torch.manual_seed(0)
     net = mrm_tiny(G, match_samples=2).eval()
