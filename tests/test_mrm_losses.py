@@ -29,8 +29,13 @@ def test_sample_relation_by_hand():
     assert torch.allclose(sample_relation(Z_I, Z_I), expected, atol=1e-6)
     # cross: rows image samples, columns genome samples
     assert torch.allclose(sample_relation(Z_I, Z_GM), torch.tensor([[1.0, -1.0, 1.0], [0.0, 0.0, 0.0], [S, -S, S]]))
+    # small norms: cosine does not depend on them
+    small = torch.tensor([[0.1, 0.0], [0.0, 0.2], [0.05, 0.05]])
+    assert torch.allclose(sample_relation(small, small), expected, atol=1e-6)
     with pytest.raises(ValueError, match="expected features"):
         sample_relation(Z_I, torch.ones(3, 4))
+    with pytest.raises(ValueError, match="expected features"):
+        sample_relation(torch.ones(3), Z_I)
 
 
 def test_self_matching_eq10_three_samples_by_hand():

@@ -72,13 +72,15 @@ def relation_masked_attention(
     attn = relation_mask(attn, tau, renormalize)  # [B, heads, Lq, Lk]
     if dropout is not None:
         attn = dropout(attn)
-    return torch.einsum("bhxy,bhyd->bhxd", attn, v.to(attn.dtype))  # z^S = R^M V  # [B, heads, Lq, d]
+    return torch.einsum("bhxy,bhyd->bhxd", attn, v)  # z^S = R^M V  # [B, heads, Lq, d]
 
 
 def _check_plain(block: nn.Module) -> None:
     """The explicit path supports the attention the ViTs of this collection use; refuse the other variants."""
-    if getattr(block, "rel_positional_embedding", None) is not None or getattr(block, "causal", False):
-        raise ValueError("relation masking supports neither relative position embeddings nor causal attention")
+    if block.rel_positional_embedding is not None or block.causal or block.attention_dtype is not None:
+        raise ValueError(
+            "relation masking supports neither relative position embeddings, causal attention nor attention_dtype"
+        )
 
 
 def relation_self_attention(block: SABlock, x: torch.Tensor, tau: float, renormalize: bool = False) -> torch.Tensor:
@@ -98,8 +100,6 @@ def relation_self_attention(block: SABlock, x: torch.Tensor, tau: float, renorma
         q, k, v = block.input_rearrange(block.qkv(x))  # each [B, heads, L, d]
     else:
         q, k, v = (block.input_rearrange(f(x)) for f in (block.to_q, block.to_k, block.to_v))
-    if block.attention_dtype is not None:
-        q, k = q.to(block.attention_dtype), k.to(block.attention_dtype)
     out = relation_masked_attention(q, k, v, tau, block.scale, renormalize, block.drop_weights)
     out = block.out_rearrange(out)  # [B, L, heads * d]
     if block.include_fc:
@@ -126,8 +126,6 @@ def relation_cross_attention(
     q = block.input_rearrange(block.to_q(x))  # [B, heads, Lq, d]
     k = block.input_rearrange(block.to_k(context))  # [B, heads, Lk, d]
     v = block.input_rearrange(block.to_v(context))
-    if block.attention_dtype is not None:
-        q, k = q.to(block.attention_dtype), k.to(block.attention_dtype)
     out = relation_masked_attention(q, k, v, tau, block.scale, renormalize, block.drop_weights)
     return block.drop_output(block.out_proj(block.out_rearrange(out)))  # [B, Lq, hidden]
 
