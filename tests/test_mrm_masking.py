@@ -42,6 +42,9 @@ def test_topk_count_rejects_bad_ratio():
     for tau in (-0.1, 1.5):
         with pytest.raises(ValueError, match="tau must be in"):
             relation_topk_count(4, tau)
+    assert relation_topk_count(0, 0.5) == 0  # an empty row masks nothing
+    with pytest.raises(ValueError, match="non-negative number of entries, got -1"):
+        relation_topk_count(-1, 0.5)
 
 
 def test_4x4_with_ties_tau_half_by_hand():
@@ -95,6 +98,10 @@ def test_no_renormalisation_by_default_and_renormalise_switch():
         ]
     )
     assert torch.allclose(renorm, expected, atol=1e-7)
+    # batched: rows are the last dim whatever the leading dims
+    batched = relation_mask(torch.stack([R4, R4.flip(-1)])[None], 0.5, renormalize=True)  # [1, 2, 4, 4]
+    assert torch.allclose(batched[0, 0], expected, atol=1e-7)
+    assert torch.allclose(batched[0, 1], expected.flip(-1), atol=1e-7)
 
 
 def test_cross_2x3_image_queries_by_hand():

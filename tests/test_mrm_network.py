@@ -163,6 +163,37 @@ def test_cross_modal_layer_fused_equals_explicit_and_masking_matches_reference()
     assert not torch.allclose(layer(x, ctx, tau=0.75), layer(x, ctx), atol=1e-3)
 
 
+def test_relation_masked_attention_default_and_given_scale():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8) for _ in range(3))
+    assert torch.allclose(
+        relation_masked_attention(q, k, v, 0.6),
+        _ref_attend(q, k, v, 0.6).reshape(2, 5, 3, 8).transpose(1, 2),
+        atol=1e-6,
+    )
+    expected = _ref_mask((q @ k.transpose(-1, -2) * 0.3).softmax(-1), 0.6) @ v
+    assert torch.allclose(relation_masked_attention(q, k, v, 0.6, scale=0.3), expected, atol=1e-6)
+
+
+def test_relation_block_attention_is_the_residual_self_attention_half():
+    torch.manual_seed(0)
+    block = mrm_tiny(None).vit.blocks[0]
+    x = torch.randn(2, 4, 48)
+    expected = x + _ref_self_attention(block.attn, block.norm1(x), 0.75)
+    assert torch.allclose(ra.relation_block_attention(block, x, 0.75), expected, atol=1e-6)
+    assert torch.allclose(ra.block_mlp(block, x), x + block.mlp(block.norm2(x)), atol=1e-6)
+
+
+def test_cross_modal_layer_settings_reach_monais_block():
+    layer = CrossModalAttention(32, 4, context_size=16, dropout_rate=0.3, qkv_bias=True)
+    assert layer.attn.to_k.in_features == 16 and layer.norm_context.normalized_shape == (16,)
+    assert layer.attn.dropout_rate == 0.3 and layer.attn.to_q.bias is not None
+    default = CrossModalAttention(32, 4)
+    assert default.attn.to_q.bias is None and default.attn.use_flash_attention  # MONAI's defaults, fused
+    assert default(torch.randn(1, 3, 32), torch.randn(1, 2, 32)).shape == (1, 3, 32)
+    assert layer.eval()(torch.randn(1, 3, 32), torch.randn(1, 2, 16), tau=0.5).shape == (1, 3, 32)
+
+
 def test_relation_masked_attention_by_hand():
     # one head, d = 1, scale 1: logits 0, ln 2, ln 3 -> softmax 1/6, 2/6, 3/6; tau 0.5 of 3 keys -> k = 2:
     # r = 2/6, so only 1/6 survives: output 1/6 * 10
@@ -445,6 +476,66 @@ def test_single_modality_builds_no_genome_branch_and_runs_on_images():
         net(torch.randn(2, 3, 32, 32), torch.randn(2, G))
 
 
+def test_paper_defaults():
+    """Section 4.2: ViT-B/16 on 224x224 RGB, tau_I = 0.75, tau_G = 0.5, two masked blocks, 8 matched samples, no
+    renormalisation; fused attention wherever nothing is masked."""
+    import inspect
+
+    from common.networks.mrm import MRM
+
+    defaults = {k: p.default for k, p in inspect.signature(MRM).parameters.items()}
+    paper = dict(in_channels=3, img_size=224, patch_size=16, hidden_size=768, mlp_dim=3072, num_layers=12,
+                 num_heads=12, tau_image=0.75, tau_genome=0.5, masked_blocks=2, match_samples=8, renormalize=False,
+                 norm_pix_loss=False, fused_attention=True)  # fmt: skip
+    assert {k: defaults[k] for k in paper} == paper
+    ours = dict(genome_tokens=16, genome_layers=2, decoder_size=512, decoder_layers=4, decoder_heads=16,
+                genome_decoder_size=256, genome_decoder_layers=1, genome_decoder_heads=8, tokenizer="segments")  # fmt: skip
+    assert {k: defaults[k] for k in ours} == ours  # documented choices (the paper is silent)
+
+
+def test_fused_attention_wherever_nothing_is_masked(net):
+    blocks = [*net.vit.blocks, *net.genome_encoder.blocks, *net.image_decoder.blocks, *net.genome_decoder.blocks]
+    assert all(b.attn.use_flash_attention for b in blocks)
+    assert all(c.attn.use_flash_attention for c in [*net.image_cross, *net.genome_cross])
+    explicit = mrm_tiny(G, fused_attention=False)
+    assert not any(b.attn.use_flash_attention for b in [*explicit.vit.blocks, *explicit.image_decoder.blocks])
+
+
+def test_fusion_decoder_embeds_then_adds_positions_and_reads_its_own_positions():
+    from common.networks.mrm import FusionDecoder
+
+    torch.manual_seed(0)
+    dec = FusionDecoder(8, 3, 2, torch.nn.Identity(), decoder_size=6, num_layers=0, num_heads=2)
+    assert dec.position_embeddings.std().item() < 0.05  # trunc_normal(std=0.02), as the ViT's positions
+    dec2 = FusionDecoder(8, 3, 2, torch.nn.Identity(), decoder_size=8, num_layers=1, num_heads=2)
+    assert dec2.blocks[0].mlp.linear1.out_features == 32  # MLP 4x the width
+    t, c = torch.randn(2, 3, 8), torch.randn(2, 2, 8)
+    x = dec.embed(torch.cat([t, c], 1)) + dec.position_embeddings
+    assert torch.allclose(dec(t, c), dec.norm(x)[:, :3], atol=1e-6)
+
+
+def test_non_square_images_and_patches():
+    from common.networks.mrm import MRM
+
+    torch.manual_seed(0)
+    size = dict(hidden_size=48, mlp_dim=96, num_layers=2, num_heads=4, decoder_size=32, decoder_layers=1,
+                decoder_heads=4)  # fmt: skip
+    net = MRM(None, 3, (32, 48), (16, 8), **size).eval()
+    assert net.num_patches == 2 * 6
+    x = torch.randn(1, 3, 32, 48)
+    out = net(x)
+    assert out["pred"].shape == x.shape and torch.equal(net.unpatchify(net.patchify(x)), x)
+
+
+def test_masked_blocks_zero_masks_nothing_and_tau_one_is_allowed():
+    torch.manual_seed(0)
+    net = mrm_tiny(None, masked_blocks=0).eval()
+    x, _ = _inputs()
+    z0 = net.vit.patch_embedding(x)
+    assert torch.allclose(net.forward_masked(z0)[0], net.forward_intact(z0, net.vit), atol=1e-6)
+    mrm_tiny(G, tau_image=1.0, tau_genome=1.0)
+
+
 def test_input_errors_are_clear(net):
     with pytest.raises(ValueError, match=r"this MRM network was built for genetics .*single-modality \(image-only\)"):
         net(torch.randn(2, 3, 32, 32))
@@ -457,8 +548,14 @@ def test_input_errors_are_clear(net):
         wide(torch.randn(2, 3, 32, 32))
     with pytest.raises(ValueError, match="genome_layers"):
         mrm_tiny(G, genome_layers=1)
-    with pytest.raises(ValueError, match="tau_image"):
+    with pytest.raises(ValueError, match="tau_image must be in"):
         mrm_tiny(G, tau_image=1.5)
+    with pytest.raises(ValueError, match="tau_genome must be in"):
+        mrm_tiny(G, tau_genome=-0.5)
+    with pytest.raises(ValueError, match=r"img_size \(40, 40\) must be divisible by patch_size \(16, 16\)"):
+        mrm_tiny(G, img_size=40)
+    with pytest.raises(ValueError, match=r"masked_blocks must lie in 0..4 \(image blocks\), got 5"):
+        mrm_tiny(G, masked_blocks=5, genome_layers=5)
 
 
 # ---------------------------------------------------------------- optimiser groups and checkpoint keys

@@ -79,9 +79,9 @@ class FusionDecoder(nn.Module):
         num_tokens: int,
         num_context_tokens: int,
         head: nn.Module,
-        decoder_size: int = 512,
-        num_layers: int = 4,
-        num_heads: int = 16,
+        decoder_size: int,
+        num_layers: int,
+        num_heads: int,
         fused_attention: bool = True,
     ) -> None:
         super().__init__()
