@@ -478,19 +478,41 @@ def test_single_modality_builds_no_genome_branch_and_runs_on_images():
 
 def test_paper_defaults():
     """Section 4.2: ViT-B/16 on 224x224 RGB, tau_I = 0.75, tau_G = 0.5, two masked blocks, 8 matched samples, no
-    renormalisation; fused attention wherever nothing is masked."""
-    import inspect
-
+    renormalisation; plus the documented choices the paper is silent on. Built on the meta device (no memory)."""
     from common.networks.mrm import MRM
 
-    defaults = {k: p.default for k, p in inspect.signature(MRM).parameters.items()}
-    paper = dict(in_channels=3, img_size=224, patch_size=16, hidden_size=768, mlp_dim=3072, num_layers=12,
-                 num_heads=12, tau_image=0.75, tau_genome=0.5, masked_blocks=2, match_samples=8, renormalize=False,
-                 norm_pix_loss=False, fused_attention=True)  # fmt: skip
-    assert {k: defaults[k] for k in paper} == paper
-    ours = dict(genome_tokens=16, genome_layers=2, decoder_size=512, decoder_layers=4, decoder_heads=16,
-                genome_decoder_size=256, genome_decoder_layers=1, genome_decoder_heads=8, tokenizer="segments")  # fmt: skip
-    assert {k: defaults[k] for k in ours} == ours  # documented choices (the paper is silent)
+    with torch.device("meta"):
+        net = MRM()
+    vit, blk = net.vit, net.vit.blocks[0]
+    assert (net.in_channels, net.img_size, net.patch_size, net.num_patches) == (3, (224, 224), (16, 16), 196)
+    assert (len(vit.blocks), blk.attn.num_heads, blk.mlp.linear1.out_features, vit.norm.normalized_shape) == (
+        12, 12, 3072, (768,))  # fmt: skip
+    assert blk.attn.qkv.bias is None  # MONAI's / UNETR's default
+    assert (net.tau_image, net.tau_genome, net.masked_blocks, net.match_samples) == (0.75, 0.5, 2, 8)
+    assert (net.renormalize, net.norm_pix_loss, net.num_genetic_features) == (False, False, 1000)
+    ge = net.genome_encoder
+    assert (ge.num_tokens, len(ge.blocks), ge.tokenizer, ge.blocks[0].mlp.linear1.out_features) == (
+        16,
+        2,
+        "segments",
+        3072,
+    )
+    dec, gdec = net.image_decoder, net.genome_decoder
+    assert (dec.embed.out_features, len(dec.blocks), dec.blocks[0].attn.num_heads) == (512, 4, 16)
+    assert (gdec.embed.out_features, len(gdec.blocks), gdec.blocks[0].attn.num_heads) == (256, 1, 8)
+
+
+def test_settings_reach_the_submodules():
+    torch.manual_seed(0)
+    net = mrm_tiny(G, qkv_bias=True, dropout_rate=0.1, snn_dropout=0.3, genome_mlp_dim=40, fused_attention=False)
+    gb = net.genome_encoder.blocks[0]
+    assert gb.attn.qkv.bias is not None and gb.mlp.linear1.out_features == 40 and gb.attn.dropout_rate == 0.1
+    assert [m.p for m in net.genome_encoder.snn.modules() if isinstance(m, torch.nn.AlphaDropout)] == [0.3]
+    for ca in [*net.image_cross, *net.genome_cross]:
+        assert ca.attn.to_q.bias is not None and ca.attn.dropout_rate == 0.1 and not ca.attn.use_flash_attention
+    assert not net.genome_decoder.blocks[0].attn.use_flash_attention
+    assert net.vit.blocks[0].attn.qkv.bias is not None
+    assert mrm_tiny(0).num_genetic_features == 0 and not mrm_tiny(0).multimodal  # 0 also means image-only
 
 
 def test_fused_attention_wherever_nothing_is_masked(net):
@@ -512,6 +534,7 @@ def test_fusion_decoder_embeds_then_adds_positions_and_reads_its_own_positions()
     t, c = torch.randn(2, 3, 8), torch.randn(2, 2, 8)
     x = dec.embed(torch.cat([t, c], 1)) + dec.position_embeddings
     assert torch.allclose(dec(t, c), dec.norm(x)[:, :3], atol=1e-6)
+    assert dec2.blocks[0].attn.use_flash_attention  # fused by default
 
 
 def test_non_square_images_and_patches():

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks import TransformerBlock
 
-from common.networks.snn import SNN, GenomeEncoder, SegmentLinear, SegmentSNN, lecun_normal_
+from common.networks.snn import SNN, GenomeEncoder, SegmentLinear, SegmentSNN, lecun_normal_, num_segments_length
 
 
 def test_lecun_normal_variance():
@@ -49,6 +49,31 @@ def test_segment_linear_is_block_diagonal():
     assert torch.allclose(lin(x), expected, atol=1e-6)
 
 
+def test_segment_linear_init_uses_the_input_width():
+    lin = SegmentLinear(2, 400, 50)
+    assert lin.weight.var().item() == pytest.approx(1 / 400, rel=0.05)
+    assert torch.count_nonzero(lin.bias) == 0
+
+
+def test_segment_snn_with_two_hidden_layers():
+    snn = SegmentSNN(12, 3, (8, 5), 6, dropout_rate=0.2).eval()
+    kinds = [type(m).__name__ for m in snn.layers]
+    assert kinds == ["SegmentLinear", "SELU", "AlphaDropout"] * 2 + ["SegmentLinear"]
+    assert [tuple(m.weight.shape) for m in snn.layers if isinstance(m, SegmentLinear)] == [
+        (3, 4, 8),
+        (3, 8, 5),
+        (3, 5, 6),
+    ]
+    assert snn(torch.randn(2, 12)).shape == (2, 3, 6)
+
+
+def test_segment_counts_at_the_edges():
+    assert num_segments_length(5, 1) == 5 and num_segments_length(4, 4) == 1 and num_segments_length(10, 4) == 3
+    for g, t in ((3, 4), (4, 0)):
+        with pytest.raises(ValueError, match=f"cannot cut {g} genetic features into {t} segments"):
+            num_segments_length(g, t)
+
+
 def test_segment_tokens_see_only_their_segment():
     torch.manual_seed(0)
     snn = SegmentSNN(10, 4, (8,), 6).eval()  # segments of 3 variants, the last padded with 2 zeros
@@ -73,6 +98,24 @@ def test_dense_tokens_see_every_variant():
     x2 = x.clone()
     x2[:, 0] += 1.0
     assert ((enc.embed(x2) - enc.embed(x)).abs().amax(dim=(0, 2)) > 0).all()
+
+
+def test_genome_encoder_defaults_and_embedding():
+    with torch.device("meta"):
+        enc = GenomeEncoder(1000)
+    b = enc.blocks[0]
+    assert (enc.hidden_size, enc.num_tokens, len(enc.blocks), b.attn.num_heads, b.mlp.linear1.out_features) == (
+        768, 16, 2, 12, 3072)  # fmt: skip
+    assert b.attn.qkv.bias is None and b.attn.dropout_rate == 0.0 and enc.tokenizer == "segments"
+    torch.manual_seed(0)
+    small = GenomeEncoder(10, hidden_size=8, num_tokens=2, num_layers=1, num_heads=2, mlp_dim=16).eval()
+    assert small.position_embeddings.shape == (1, 2, 8) and small.position_embeddings.std().item() < 0.05
+    x = torch.randn(3, 10)
+    assert torch.allclose(small.embed(x), small.snn(x) + small.position_embeddings, atol=1e-6)
+    one = GenomeEncoder(1, hidden_size=8, num_tokens=1, num_layers=1, num_heads=2, mlp_dim=16)  # a single score
+    assert one(torch.randn(2, 1))[0].shape == (2, 1, 8)
+    with pytest.raises(ValueError, match="needs at least one genetic feature, got 0"):
+        GenomeEncoder(0)
 
 
 def test_genome_encoder_shapes_blocks_and_errors():

@@ -252,5 +252,7 @@ def test_grids_that_do_not_fit_are_refused():
     wide = unetr_vit(3, (32, 48), P, D, MLP, DEPTH, HEADS, qkv_bias=True, spatial_dims=2)  # 2 x 3 grid
     with pytest.raises(ValueError, match="target has 6 patch positions"):
         convert_timm_vit_state_dict(timm_state(grid=4), wide)
+    half = interpolate_position_embeddings(torch.randn(1, 16, D).half(), (4, 4), (2, 2))
+    assert half.dtype == torch.float16  # resized in float32, returned in the checkpoint's dtype
     # the function itself resizes to any grid
     assert interpolate_position_embeddings(torch.randn(1, 16, D), (4, 4), (2, 3)).shape == (1, 6, D)
