@@ -142,6 +142,17 @@ def test_relation_cross_attention_masked_equals_reference_without_renormalisatio
     assert torch.allclose(relation_cross_attention(block, x, ctx, 0.6), expected, atol=1e-6)
 
 
+def test_the_blocks_attention_dropout_acts_on_the_masked_relation():
+    """With the block's relation dropout at p = 1 (and no output dropout) only out_proj's bias is left."""
+    torch.manual_seed(0)
+    sa, ca = SABlock(32, 4).train(), CrossAttentionBlock(32, 4).train()
+    for block in (sa, ca):
+        block.drop_weights, block.drop_output = torch.nn.Dropout(1.0), torch.nn.Identity()
+    x, ctx = torch.randn(2, 5, 32), torch.randn(2, 3, 32)
+    assert torch.allclose(relation_self_attention(sa, x, 0.5), sa.out_proj.bias.expand(2, 5, 32))
+    assert torch.allclose(relation_cross_attention(ca, x, ctx, 0.5), ca.out_proj.bias.expand(2, 5, 32))
+
+
 def test_unsupported_attention_variants_are_refused():
     causal = SABlock(32, 4, causal=True, sequence_length=7)
     with pytest.raises(ValueError, match="causal"):
