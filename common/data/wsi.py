@@ -142,6 +142,8 @@ class Slide:
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """RGB ``uint8`` ``[h, w, 3]`` of ``size = (w, h)`` pixels at ``level``, top-left ``location`` at level 0."""
+        if self._slide is None:
+            raise SlideReadError(f"{self.path}: slide is closed")
         try:
             region = np.asarray(self._slide.read_region((int(location[0]), int(location[1])), int(level), size))
         except Exception as e:  # noqa: BLE001
@@ -158,6 +160,7 @@ class Slide:
     def close(self) -> None:
         if self._slide is not None:
             self._slide.close()
+            self._slide = None
 
     def __enter__(self) -> Slide:
         return self
