@@ -232,13 +232,17 @@ def test_read_patches_in_runs_equal_single_reads_and_backends_agree():
     assert np.array_equal(runs, tiff)
 
 
-def test_iter_patch_batches_prefetch_same_as_serial_and_raises_read_errors(tmp_path):
+def test_iter_patch_batches_threads_same_as_serial_and_raises_read_errors(tmp_path):
     with Slide(_real_slide()) as s:
         plan = plan_patches(s)
-        serial = [(i, p) for i, p, _ in iter_patch_batches(s, plan, 4, prefetch=False)]
-        threaded = [(i, p) for i, p, _ in iter_patch_batches(s, plan, 4, prefetch=True)]
+        serial = [(i, p) for i, p, _ in iter_patch_batches(s, plan, 4, readers=0)]
+        threaded = [(i, p) for i, p, _ in iter_patch_batches(s, plan, 4, readers=2)]
     assert [i for i, _ in serial] == list(range(0, len(plan.coords), 4)) == [i for i, _ in threaded]
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(serial, threaded))
+    with Slide(_real_slide()) as s:
+        batches = iter_patch_batches(s, plan, 4, readers=2)
+        assert next(batches)[0] == 0
+        batches.close()  # a consumer that stops early shuts the readers down (no hang, no leak)
     with Slide(_real_slide()) as s:
         plan = plan_patches(s)
         plan.coords = plan.coords.copy()
@@ -247,7 +251,7 @@ def test_iter_patch_batches_prefetch_same_as_serial_and_raises_read_errors(tmp_p
         assert (patches[5] == 255).all()
         s.close()  # reading a closed slide raises, in the caller (not in the reader thread)
         with pytest.raises(SlideReadError, match="closed"):
-            list(iter_patch_batches(s, plan, 4, prefetch=True))
+            list(iter_patch_batches(s, plan, 4, readers=2))
 
 
 def test_slide_open_errors_name_the_file(tmp_path):

@@ -98,7 +98,7 @@ def extract_slide(
     device: str | torch.device = "cpu",
     input_size: int | None = None,
     amp: bool = False,
-    prefetch: bool = True,
+    readers: int = 1,
     backend: str = "auto",
     max_patches: int | None = None,
     overwrite: bool = False,
@@ -116,7 +116,7 @@ def extract_slide(
         device: where the network runs.
         input_size: side fed to the network (default: the patch size, 256).
         amp: autocast (bfloat16 on CPU, float16 on CUDA); features are stored as float32 either way.
-        prefetch: read the next batch in a thread while the network runs.
+        readers: threads reading the next batches while the network runs (0: read in the main thread).
         backend: slide backend (``auto``, ``openslide``, ``tiffslide``).
         max_patches: use only the first N tissue patches (row-major), for quick runs and tests.
         overwrite: redo a finished slide.
@@ -154,7 +154,7 @@ def extract_slide(
             dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
             bar = tqdm(total=n, desc=slide_id, unit="patch", disable=not progress, leave=False)
             t_wait = time.perf_counter()
-            for start, patches, read_s in iter_patch_batches(slide, plan, batch_size, prefetch=prefetch):
+            for start, patches, read_s in iter_patch_batches(slide, plan, batch_size, readers=readers):
                 t_net = time.perf_counter()
                 seconds["read"] += t_net - t_wait
                 seconds["read_busy"] += read_s
@@ -211,7 +211,7 @@ def main(
     max_hole_area: float = 4.0,
     backend: str = "auto",
     max_patches: int | None = None,
-    prefetch: bool = True,
+    readers: int = 1,
     amp: bool = False,
     num_threads: int | None = None,
     overwrite: bool = False,
@@ -237,7 +237,7 @@ def main(
         max_hole_area: holes smaller than this many patches are filled (4 = CLAM's TCGA preset).
         backend: ``auto`` (openslide, then tiffslide), ``openslide`` or ``tiffslide``.
         max_patches: only the first N tissue patches of each slide (quick runs, tests).
-        prefetch: read the next batch in a thread while the network runs.
+        readers: threads reading the next batches while the network runs (0: read in the main thread).
         amp: mixed precision autocast.
         num_threads: torch CPU threads (default: torch's).
         overwrite: redo finished slides.
@@ -291,7 +291,7 @@ def main(
                 device=device,
                 input_size=input_size,
                 amp=amp,
-                prefetch=prefetch,
+                readers=readers,
                 backend=backend,
                 max_patches=max_patches,
                 overwrite=overwrite,

@@ -19,7 +19,7 @@ a thin slide adapter:
 5. :func:`patch_grid` + :func:`tissue_fraction`: a non-overlapping grid over level 0, kept where the tissue
    fraction of the patch exceeds a threshold.
 6. :func:`read_patches` / :func:`iter_patch_batches`: patches of one grid row are read as one region (fewer
-   ``read_region`` calls and JPEG tile decodes), optionally prefetched in a thread while the network runs.
+   ``read_region`` calls and JPEG tile decodes), prefetched by reader threads while the network runs.
 
 Why not MONAI's ``WSIReader``: in MONAI 1.6.1 it has no tiffslide backend (its tifffile backend reports no
 objective power), its ``get_power`` reads only ``openslide.objective-power`` (no ``aperio.AppMag`` or user
@@ -43,11 +43,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-import queue
-import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -558,51 +559,35 @@ def read_patches(slide: Slide, coords: np.ndarray, geometry: PatchGeometry, max_
 
 
 def iter_patch_batches(
-    slide: Slide, plan: PatchPlan, batch_size: int, prefetch: bool = True, max_run: int = 16
+    slide: Slide, plan: PatchPlan, batch_size: int, readers: int = 1, max_run: int = 16
 ) -> Iterator[tuple[int, np.ndarray, float]]:
-    """Yield ``(start, patches uint8 [b, s, s, 3], read_seconds)`` over ``plan.coords`` in order.
+    """Yield ``(start, patches uint8 [b, s, s, 3], read_seconds)`` over ``plan.coords``, in order.
 
-    With ``prefetch`` one thread reads the next batch while the caller works on this one (openslide and the
-    JPEG decoder release the GIL); a read error is raised in the caller, at the batch it belongs to.
+    With ``readers > 0`` that many threads read the next batches while the caller works on this one (OpenSlide
+    is thread-safe and releases the GIL while it decodes tiles); at most ``readers + 2`` batches are in memory.
+    A read error is raised in the caller, at the batch it belongs to. ``readers=0`` reads in the caller.
+
+    Example::
+
+        >>> for start, patches, seconds in iter_patch_batches(slide, plan, 64):  # doctest: +SKIP
+        ...     features[start : start + len(patches)] = net(prepare_patches(torch.from_numpy(patches)))
     """
-    starts = list(range(0, len(plan.coords), batch_size))
+    starts = iter(range(0, len(plan.coords), batch_size))
 
     def read(start: int) -> tuple[int, np.ndarray, float]:
         t = time.perf_counter()
         patches = read_patches(slide, plan.coords[start : start + batch_size], plan.geometry, max_run)
         return start, patches, time.perf_counter() - t
 
-    if not prefetch:
-        for start in starts:
-            yield read(start)
+    if readers <= 0:
+        yield from map(read, starts)
         return
-    box: queue.Queue = queue.Queue(maxsize=1)
-    stop = threading.Event()
-
-    def worker() -> None:
-        for start in starts:
-            if stop.is_set():
-                return
-            try:
-                item: Any = read(start)
-            except BaseException as e:  # noqa: BLE001 - handed to the caller
-                item = e
-            box.put(item)
-            if isinstance(item, BaseException):
-                return
-
-    thread = threading.Thread(target=worker, name=f"read-{plan.name}", daemon=True)
-    thread.start()
+    pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix=f"read-{plan.name}")
     try:
-        for _ in starts:
-            item = box.get()
-            if isinstance(item, BaseException):
-                raise item
+        pending = deque(pool.submit(read, s) for s in islice(starts, readers + 1))
+        while pending:
+            item = pending.popleft().result()  # re-raises the reader's exception here
+            pending.extend(pool.submit(read, s) for s in islice(starts, 1))
             yield item
     finally:
-        stop.set()
-        while thread.is_alive():  # unblock a worker waiting on a full queue, then let it finish
-            try:
-                box.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)
+        pool.shutdown(wait=True, cancel_futures=True)
