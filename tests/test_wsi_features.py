@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import h5py
@@ -48,7 +49,7 @@ def _csv(path: Path, text: str) -> Path:
 # ---------------------------------------------------------------- files
 
 
-def test_clam_h5_round_trip_attributes_on_the_datasets(tmp_path):
+def test_clam_h5_round_trip_attributes_on_the_datasets(tmp_path, monkeypatch):
     features = np.arange(12, dtype=np.float32).reshape(3, 4)
     coords = np.array([[0, 0], [256, 0], [0, 256]])
     attrs = {"patch_size": 256, "patch_level": 0, "downsample": np.array([1.0, 1.0]), "name": "s1"}
@@ -62,7 +63,30 @@ def test_clam_h5_round_trip_attributes_on_the_datasets(tmp_path):
     assert np.array_equal(got_f, features) and np.array_equal(got_c, coords)
     assert got_a["patch_size"] == 256 and got_a["name"] == "s1" and got_a["downsample"].tolist() == [1.0, 1.0]
     assert bag_shape(path) == (3, 4)
+    with h5py.File(tmp_path / "bare.h5", "w") as f:  # features only, as some tools write them
+        f["features"] = features
+    bare = read_clam_h5(tmp_path / "bare.h5")
+    assert np.array_equal(bare[0], features) and bare[1] is None and bare[2] == {}
     assert [p.name for p in path.parent.iterdir()] == ["s1.h5"]  # no temporary left
+    nested = tmp_path / "a" / "b" / "s2.h5"
+    write_clam_h5(nested, features.astype(np.float64), coords.astype(np.int32), {})
+    with h5py.File(nested, "r") as f:
+        assert f["features"].dtype == np.float32 and f["coords"].dtype == np.int64
+    assert nested.stat().st_mode & 0o777 == 0o644
+
+    def interrupted(src, dst):  # killed between writing and renaming: the temporary is hidden and removed
+        seen.append((Path(src), Path(dst)))
+        raise KeyboardInterrupt
+
+    seen: list = []
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            write_clam_h5(tmp_path / "h5_files" / "s3.h5", features, coords, attrs)
+    ((src, dst),) = seen
+    assert src.parent == dst.parent == tmp_path / "h5_files" and dst.name == "s3.h5"
+    assert src.name.startswith(".s3.h5.") and src.name.endswith(".tmp") and not src.exists()
+    assert sorted(p.name for p in (tmp_path / "h5_files").iterdir()) == ["s1.h5"]
     with pytest.raises(ValueError, match=r"bad\.h5: features \(3, 4\) and coords \(2, 2\)"):
         write_clam_h5(tmp_path / "bad.h5", features, coords[:2], attrs)
     assert not (tmp_path / "bad.h5").exists() and not list(tmp_path.glob(".*"))
@@ -90,14 +114,20 @@ def test_load_bag_h5_pt_dict_and_errors_name_the_file(tmp_path):
         "rank3.pt": ({}, "expected \\[patches, features\\]"),
         "list.pt": ({}, "holds a list"),
         "junk.pt": ({}, "cannot be read as a torch tensor file"),
-        "junk.h5": ({}, "cannot be read as HDF5"),
+        "junk.h5": ({}, r"cannot be read as HDF5 \((OSError|FileNotFoundError)"),
         "nofeat.h5": ({}, "no 'features' dataset"),
         "absent.pt": ({}, "feature bag not found"),
     }
     for name, (kwargs, pattern) in cases.items():
         with pytest.raises(BagError, match=pattern) as err:
             load_bag(tmp_path / name, **{"feature_dim": D, **kwargs})
-        assert str(tmp_path / name) in str(err.value)
+        assert str(err.value).startswith(f"{tmp_path / name}: ")
+    for name in ("junk.h5", "nofeat.h5"):  # the shape-only reader says the same
+        with pytest.raises(BagError, match=cases[name][1]) as err:
+            bag_shape(tmp_path / name)
+        assert str(err.value).startswith(f"{tmp_path / name}: ")
+    with pytest.raises(BagError, match=r"nofeat\.h5: no 'features' dataset \(found \['coords'\]\)"):
+        bag_shape(tmp_path / "nofeat.h5")
 
 
 def test_find_bags_clam_layout_flat_layout_and_preference(tmp_path):
@@ -110,6 +140,17 @@ def test_find_bags_clam_layout_flat_layout_and_preference(tmp_path):
         "s2": "pt_files/s2.pt",
     }
     assert find_bags(clam, prefer="h5")["s1"] == clam / "h5_files" / "s1.h5"
+    assert find_bags(clam, prefer="h5")["s2"] == clam / "h5_files" / "s2.h5"
+    torch.save(_bag(1), clam / "pt_files" / "pt_only.pt")
+    torch.save(_bag(1), clam / "pt_files" / ".hidden.pt")  # hidden files are never bags
+    assert find_bags(clam, prefer="h5")["pt_only"] == clam / "pt_files" / "pt_only.pt" and ".hidden" not in find_bags(
+        clam
+    )
+    h5_only = tmp_path / "h5_only"  # a CLAM folder with h5_files/ and no pt_files/
+    write_clam_h5(h5_only / "h5_files" / "z.h5", _bag(2).numpy(), np.zeros((2, 2), np.int64), {})
+    assert find_bags(h5_only) == {"z": h5_only / "h5_files" / "z.h5"}
+    entries, _ = patient_bags(clam, prefer="h5")
+    assert {e["case_id"]: e["bag"][0][-2:] for e in entries}["s1"] == "h5"
     flat = tmp_path / "transmil"
     flat.mkdir()
     torch.save(_bag(2), flat / "normal_001.pt")
@@ -145,6 +186,11 @@ def test_csv_readers_keep_ids_as_text_and_name_missing_columns(tmp_path):
     }
     with pytest.raises(ValueError, match=r"f\.csv: TransMIL fold CSV needs columns val, val_label"):
         read_transmil_folds(_csv(tmp_path / "f.csv", "train,train_label\na,0"))
+    with pytest.raises(ValueError, match="needs columns val, val_label"):  # one of the pair is enough to miss
+        read_transmil_folds(_csv(tmp_path / "g.csv", "train,train_label,val,test,test_label\na,0,b,c,1"))
+    header = "train,train_label,val,val_label,test,test_label"
+    assert read_transmil_folds(_csv(tmp_path / "h.csv", header)) == {"train": [], "val": [], "test": []}
+    assert read_clam_csv(_csv(tmp_path / "i.csv", "case_id,slide_id,label")) == []
 
 
 # ---------------------------------------------------------------- patients
@@ -167,6 +213,10 @@ def test_patients_join_slides_in_sorted_order_and_load_lazily(tmp_path):
     assert p1["case_id"] == "p1" and entries[0]["bag"][0].endswith(".pt")  # the input dict is not changed
     swapped, _ = patient_bags(feature_dir, cases, label_dict={"LUAD": 1, "LUSC": 0})
     assert [e["label"] for e in swapped] == [1, 0]
+    numeric = _csv(tmp_path / "n.csv", "case_id,slide_id,label\np2,p2_a,2\np1,p1_b,1.0\np1,p1_a,1.0")
+    assert [e["label"] for e in patient_bags(feature_dir, numeric)[0]] == [1, 2]  # integers stay themselves
+    halves = _csv(tmp_path / "h.csv", "case_id,slide_id,label\np2,p2_a,0.5\np1,p1_b,1.5\np1,p1_a,1.5")
+    assert [e["label"] for e in patient_bags(feature_dir, halves)[0]] == [1, 0]  # other numbers: sorted text
     from monai.data import Dataset
 
     ds = Dataset(entries, transform=loader)
@@ -176,15 +226,23 @@ def test_patients_join_slides_in_sorted_order_and_load_lazily(tmp_path):
 
 
 def test_patient_problems_each_named(tmp_path):
-    feature_dir = _clam_dir(
-        tmp_path / "f", {"a1": _bag(2), "b1": _bag(2), "c1": _bag(2), "c2": _bag(2), "orphan": _bag(2)}
-    )
+    slides = {
+        "a1": _bag(2),
+        "b1": _bag(2),
+        "c1": _bag(2),
+        "c2": _bag(2),
+        "d1": _bag(2),
+        "e1": _bag(2),
+        "orphan": _bag(2),
+    }
+    feature_dir = _clam_dir(tmp_path / "f", slides)
     cases = _csv(
         tmp_path / "d.csv",
-        "case_id,slide_id,label\nA,a1,x\nB,b1,y\nB,b_missing,y\nC,c1,x\nC,c2,y",
+        "case_id,slide_id,label\nA,a1,x\nB,b1,y\nB,b_missing,y\nC,c1,x\nC,c2,y\nD,d1,x\nE,e1,z",
     )
     entries, problems = patient_bags(feature_dir, cases)
-    assert [e["case_id"] for e in entries] == ["A"]
+    assert [e["case_id"] for e in entries] == ["A", "D", "E"]  # a bad patient does not stop the ones after it
+    assert all(p.severity == "error" for p in problems)
     assert sorted(str(p) for p in problems) == sorted(
         [
             f"ERROR B: slide b_missing has no feature file in {feature_dir}",
@@ -192,9 +250,12 @@ def test_patient_problems_each_named(tmp_path):
             f"ERROR orphan {feature_dir / 'pt_files' / 'orphan.pt'}: feature file of a slide that no case lists",
         ]
     )
-    _, problems = patient_bags(feature_dir, cases, label_dict={"x": 0})
-    assert not any(p.subject == "A" for p in problems)
-    assert any(p.subject == "B" and "label 'y' not in label_dict" in p.message for p in problems)
+    entries, problems = patient_bags(feature_dir, cases, label_dict={"x": 0, "y": 1})
+    assert [e["case_id"] for e in entries] == ["A", "D"]
+    unknown = [p for p in problems if "not in label_dict" in p.message]
+    assert [(p.severity, p.subject, p.message) for p in unknown] == [
+        ("error", "E", "label 'z' not in label_dict ['x', 'y']")
+    ]
 
 
 def test_transmil_folds_alone_and_joined_to_patients(tmp_path):
@@ -216,6 +277,7 @@ def test_transmil_folds_alone_and_joined_to_patients(tmp_path):
     # joined to patients: P has t1 (train) and t2 (val): one patient in two splits leaks
     cases = _csv(tmp_path / "d.csv", "case_id,slide_id,label\nN,n1,0\nN,n2,0\nP,t1,1\nP,t2,1\nQ,t3,1")
     _, problems = patient_bags(flat, cases, folds_csv=folds, split="test")
+    assert {p.severity for p in problems} == {"error", "warning"}
     errors = sorted(str(p) for p in problems if p.severity == "error")
     assert errors == [
         f"ERROR N {cases}: slides of one patient in several splits ['train', 'val']",
@@ -223,7 +285,14 @@ def test_transmil_folds_alone_and_joined_to_patients(tmp_path):
     ]
     twice = _csv(tmp_path / "fold1.csv", "train,train_label,val,val_label,test,test_label\nn1,0,n1,0,t3,1")
     _, problems = patient_bags(flat, folds_csv=twice, split="test")
-    assert f"ERROR n1 {twice}: slide listed in several splits ['train', 'val']" in [str(p) for p in problems]
+    assert ("error", f"ERROR n1 {twice}: slide listed in several splits ['train', 'val']") in [
+        (p.severity, str(p)) for p in problems
+    ]
+    # the label index is over every split: a split holding one class keeps that class's number
+    one_class = _csv(tmp_path / "fold2.csv", f"{'train,train_label,val,val_label,test,test_label'}\nn1,0,t1,1.0,t2,1")
+    assert [e["label"] for e in patient_bags(flat, folds_csv=one_class, split="val")[0]] == [1]
+    cases_all = _csv(tmp_path / "e.csv", "case_id,slide_id,label\nN,n1,LUAD\nP,t1,LUSC\nQ,t2,LUSC")
+    assert [e["label"] for e in patient_bags(flat, cases_all, folds_csv=one_class, split="test")[0]] == [1]
     with pytest.raises(ValueError, match="go together"):
         patient_bags(flat, folds_csv=folds)
     unlabelled, problems = patient_bags(flat)
@@ -247,6 +316,7 @@ def test_check_bags_width_empty_nan_inf_unreadable(tmp_path):
     assert found["wide"].message == f"features of width {D + 1}, expected {D}"
     assert found["empty"].message == "empty feature bag (0 patches)"
     assert found["junk"].message.startswith("cannot be read as a torch tensor file")
+    assert [p.subject for p in check_bags([{"bag": [str(tmp_path / "wide.pt")]}], feature_dim=D)] == ["?"]
     shape_only = {p.subject for p in check_bags(entries, feature_dim=D, check_content=False)}
     assert shape_only == {"wide", "empty", "junk"}  # NaN / Inf need the values
     assert {p.subject for p in check_bags(entries[:1], feature_dim=1024)} == {"good"}  # the 1024 default is honoured
@@ -257,7 +327,12 @@ def test_load_transform_errors(tmp_path):
     torch.save(_bag(2, width=D + 1), tmp_path / "b.pt")
     with pytest.raises(BagError, match="different feature widths"):
         LoadWSIBagd("bag", feature_dim=None)({"bag": [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]})
-    with pytest.raises(BagError, match="no feature bag files"):
+    with pytest.raises(BagError, match="^p: no feature bag files"):
         LoadWSIBagd("bag")({"case_id": "p", "bag": []})
+    with pytest.raises(BagError, match="width 8, expected 1024"):  # the default width is CLAM's 1024
+        LoadWSIBagd("bag")({"bag": str(tmp_path / "a.pt")})
+    with pytest.raises(KeyError):  # a missing key is an error unless allowed
+        LoadWSIBagd("bag", feature_dim=D)({"other": 1})
+    assert LoadWSIBagd("bag", allow_missing_keys=True)({"other": 1}) == {"other": 1}
     single = LoadWSIBagd("bag", feature_dim=D)({"bag": str(tmp_path / "a.pt")})
     assert torch.equal(single["bag"], _bag(2))

@@ -197,9 +197,12 @@ def find_bags(feature_dir: str | os.PathLike, prefer: str = "pt") -> dict[str, P
     return {sid: kinds.get(prefer, kinds.get(other)) for sid, kinds in sorted(found.items())}
 
 
-def _read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
+def _read_csv(path: str | os.PathLike) -> tuple[set[str], list[dict[str, str]]]:
+    """(column names, rows) with every cell stripped; text stays text."""
     with open(path, newline="") as f:
-        return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in csv.DictReader(f)]
+        reader = csv.DictReader(f)
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+        return {(k or "").strip() for k in reader.fieldnames or []}, rows
 
 
 def read_clam_csv(path: str | os.PathLike) -> list[dict[str, str]]:
@@ -208,8 +211,7 @@ def read_clam_csv(path: str | os.PathLike) -> list[dict[str, str]]:
     Raises:
         ValueError: a required column is missing; the message names the file and the columns found.
     """
-    rows = _read_csv(path)
-    columns = set(rows[0]) if rows else set()
+    columns, rows = _read_csv(path)
     missing = [c for c in ("case_id", "slide_id", "label") if c not in columns]
     if missing:
         raise ValueError(f"{path}: CLAM dataset CSV needs columns case_id, slide_id, label; missing {missing}")
@@ -221,8 +223,7 @@ def read_transmil_folds(path: str | os.PathLike) -> dict[str, list[tuple[str, st
 
     Labels stay text (TransMIL writes ``0`` or ``0.0``); an index column, as TransMIL's ``fold0.csv`` has, is ignored.
     """
-    rows = _read_csv(path)
-    columns = set(rows[0]) if rows else set()
+    columns, rows = _read_csv(path)
     splits = {}
     for split in ("train", "val", "test"):
         if split not in columns or f"{split}_label" not in columns:
@@ -262,7 +263,8 @@ def patient_bags(
         folds_csv: a TransMIL fold CSV; with ``split`` only that split's slides are used (labels from the CSV
             when ``cases_csv`` is absent).
         split: ``"train"``, ``"val"`` or ``"test"`` (needs ``folds_csv``).
-        label_dict: label text -> class index; default: numeric labels as themselves, text labels in sorted order.
+        label_dict: label text -> class index; default: integer labels (TransMIL's ``0``, ``1.0``) as themselves,
+            other labels numbered in sorted order, over every row of the CSV (all splits).
         prefer: ``"pt"`` or ``"h5"`` when a slide has both.
 
     Returns:
@@ -306,6 +308,9 @@ def patient_bags(
     for r in rows:
         slides_of.setdefault(r["case_id"], set()).add((r["slide_id"], r["label"]))
     listed = {s for v in slides_of.values() for s, _ in v} | set(splits_of)
+    # the label index comes from every row, so a split that lacks a class maps labels as the others do
+    labelled = any(r["label"] for r in rows)
+    index = _label_index([r["label"] for r in rows], label_dict) if labelled else {}
     if folds_csv is not None:
         for case, slides in sorted(slides_of.items()):
             names = sorted(set().union(*(splits_of.get(s, set()) for s, _ in slides)))
@@ -316,8 +321,6 @@ def patient_bags(
         chosen = {s for s, _ in folds[split]}
         slides_of = {c: {(s, lab) for s, lab in v if s in chosen} for c, v in slides_of.items()}
         slides_of = {c: v for c, v in slides_of.items() if v}
-    labelled = any(lab for v in slides_of.values() for _, lab in v)
-    index = _label_index([lab for v in slides_of.values() for _, lab in v], label_dict) if labelled else {}
     entries = []
     for case, pairs in sorted(slides_of.items()):
         ids = sorted({s for s, _ in pairs})
