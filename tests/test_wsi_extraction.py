@@ -8,6 +8,7 @@ openslide and tiffslide open), and the real Aperio slide that ships with histola
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from common.data.wsi import (
     MagnificationError,
     PatchGeometry,
+    PatchPlan,
     Slide,
     SlideReadError,
     _runs,
@@ -92,7 +94,9 @@ def test_patch_geometry_by_hand():
     # 80x with levels 1, 3: level 1 (26.7x) is finer than 20x: read 1024 / 3 = 341 there
     assert patch_geometry([1.0, 3.0, 9.0], 80) == PatchGeometry(1, 3.0, 341, 1024, 256)
     assert patch_geometry([1.0], 40, target_magnification=10, patch_size=128) == PatchGeometry(0, 1.0, 512, 512, 128)
-    with pytest.raises(MagnificationError, match="below the target"):
+    # 80x with a level 1 % off 20x (rounded level sizes): read there at exactly 256, not round(1024 / 4.04) = 253
+    assert patch_geometry([1.0, 4.04], 80) == PatchGeometry(1, 4.04, 256, 1024, 256)
+    with pytest.raises(MagnificationError, match=r"below the target 20x \(patches would be upsampled\); lower"):
         patch_geometry([1.0], 10)
 
 
@@ -100,14 +104,30 @@ def test_objective_power_from_metadata_override_and_error(tmp_path):
     with Slide(_real_slide()) as s:
         assert objective_power(s) == 20.0  # openslide.objective-power / aperio.AppMag
         assert objective_power(s, 40) == 40.0
+        assert s.backend == "openslide"
+        assert objective_power(s, 0.5) == 0.5  # any positive value is taken as given
+        with pytest.raises(MagnificationError, match=r"cmu_small_region\.svs: magnification must be positive, got 0"):
+            objective_power(s, 0)
+        s.properties = {"openslide.objective-power": "0", "tiffslide.objective-power": "inf", "aperio.AppMag": "x"}
+        s.properties["hamamatsu.SourceLens"] = "40"
+        assert objective_power(s) == 40.0  # zero, infinite and unparsable values are skipped
     tif = write_pyramid(tmp_path / "plain.tif", np.zeros((64, 64, 3), np.uint8), mpp=0.25)
     for backend in ("openslide", "tiffslide"):
         with Slide(tif, backend=backend) as s:
+            assert s.backend == backend
             with pytest.raises(MagnificationError) as err:
                 objective_power(s)
             message = str(err.value)
             assert str(tif) in message and "--magnification" in message and "about 40x" in message
             assert objective_power(s, magnification=40) == 40.0
+    bare = write_pyramid(tmp_path / "bare.tif", np.zeros((64, 64, 3), np.uint8))
+    with Slide(bare) as s, pytest.raises(MagnificationError) as err:
+        objective_power(s)
+    assert str(err.value) == (
+        f"{bare}: no objective magnification in the slide's metadata (looked for openslide.objective-power, "
+        "tiffslide.objective-power, aperio.AppMag, hamamatsu.SourceLens); pass --magnification with the level-0 "
+        "magnification"
+    )
 
 
 # ---------------------------------------------------------------- tissue mask
@@ -144,6 +164,49 @@ def test_tissue_mask_blob_hole_and_speck_by_hand():
     assert both.sum() == 400 and both[10:30, 10:30].all()
 
 
+def test_tissue_mask_border_background_and_defaults():
+    img = np.empty((9, 11, 3), np.uint8)
+    img[:] = (200, 60, 150)
+    img[4:6, 4:6] = 240  # an enclosed 2 x 2 hole
+    for y, x in ((0, 5), (8, 5), (4, 0), (4, 10)):  # one-pixel background notches on each edge
+        img[y, x] = 240
+    mask = tissue_mask(img, median_size=1, close_size=0, max_hole_area=1e9)
+    assert mask[4:6, 4:6].all() and mask.sum() == 99 - 4  # the hole is filled, the four notches are not
+    assert not mask[0, 5] and not mask[8, 5] and not mask[4, 0] and not mask[4, 10]
+    full = np.zeros((6, 6, 3), np.uint8)
+    full[:] = (200, 60, 150)
+    full[0, 0] = 240  # one background pixel so that Otsu has two classes
+    assert tissue_mask(full, median_size=1, close_size=3)[1:, 1:].all()  # closing never erodes the border
+    line = np.full((12, 12, 3), 240, np.uint8)
+    line[:, 0] = (200, 60, 150)  # a one-pixel tissue line on the left border
+    # a replicated border (CLAM's cv2.medianBlur) keeps it under a 5 x 5 median; a mirrored one would not
+    assert tissue_mask(line, median_size=5, close_size=0)[:, 0].all()
+    import inspect
+
+    defaults = {k: v.default for k, v in inspect.signature(tissue_mask).parameters.items() if k != "rgb"}
+    assert defaults == {
+        "median_size": 7,
+        "close_size": 4,
+        "min_saturation": 8.0,
+        "min_tissue_area": 0.0,
+        "max_hole_area": 0.0,
+    }
+    defaults = {k: v.default for k, v in inspect.signature(plan_patches).parameters.items() if k != "slide"}
+    assert defaults == {  # CLAM's TCGA preset translated to 256 x 256 @ 20x patches (see plan_patches)
+        "target_magnification": 20.0,
+        "patch_size": 256,
+        "magnification": None,
+        "tissue_threshold": 0.25,
+        "seg_downsample": 32.0,
+        "median_size": 7,
+        "close_size": 4,
+        "min_saturation": 8.0,
+        "min_tissue_area": 16.0,
+        "max_hole_area": 4.0,
+    }
+    assert inspect.signature(read_thumbnail).parameters["downsample"].default == 32.0
+
+
 def test_tissue_mask_saturation_floor_median_closing_connectivity():
     faint = np.full((10, 10, 3), 250, np.uint8)
     faint[:, 5:] = (250, 245, 245)  # saturation 5 / 250 * 255 = 5.1: below the floor of 8
@@ -177,6 +240,13 @@ def test_tissue_fraction_by_hand():
     assert np.allclose(got, [1.0, 0.25, 0.0, 0.5, 0.0])
     # half a mask pixel rounds up: x = 1 -> column round(0.5) = 1
     assert np.allclose(tissue_fraction(mask, np.array([[1, 0]]), size=4, mask_downsample=2.0), [0.5])
+    # entirely outside the mask: nothing there, 0
+    assert tissue_fraction(mask, np.array([[100, 0], [0, 100]]), size=4, mask_downsample=2.0).tolist() == [0.0, 0.0]
+    # a patch smaller than half a mask pixel still covers the one pixel it starts in
+    corner = np.zeros((4, 6), bool)
+    corner[0, 0] = True
+    tiny = tissue_fraction(corner, np.array([[0, 0], [4, 0], [0, 4]]), size=1, mask_downsample=4.0)
+    assert tiny.tolist() == [1.0, 0.0, 0.0]
 
 
 def test_patch_grid_row_major_and_fully_inside():
@@ -194,20 +264,32 @@ def test_patch_grid_row_major_and_fully_inside():
 
 def test_read_thumbnail_block_means_single_and_multi_level(tmp_path):
     rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    image = rng.integers(0, 256, (68, 96, 3), dtype=np.uint8)
     single = write_pyramid(tmp_path / "single.tif", image)
     with Slide(single) as s:
-        thumb, ds = read_thumbnail(s, 4.0, max_strip_pixels=500)  # many strips
-    expected = image.reshape(16, 4, 24, 4, 3).mean(axis=(1, 3))
-    assert ds == 4.0 and thumb.shape == (16, 24, 3)
+        thumb, ds = read_thumbnail(s, 4.0, max_strip_pixels=1000)  # strips of 8 rows, the last one of 4
+        assert np.array_equal(read_thumbnail(s, 1.0)[0], image)
+    expected = image.reshape(17, 4, 24, 4, 3).mean(axis=(1, 3))
+    assert ds == 4.0 and thumb.shape == (17, 24, 3) and thumb.dtype == np.uint8
     assert np.array_equal(thumb, np.round(expected).astype(np.uint8))
-    multi = write_pyramid(tmp_path / "multi.tif", image, downsamples=(1, 4))
+    multi = write_pyramid(tmp_path / "multi.tif", image[:64], downsamples=(1, 4))
     with Slide(multi) as s:
-        thumb, ds = read_thumbnail(s, 8.0)  # level 1 (4x), then 2 x 2 blocks
-    level1 = image[::4, ::4]
+        thumb, ds = read_thumbnail(s, 8.0, max_strip_pixels=100)  # level 1 (4x) in strips of 4 rows, 2 x 2 blocks
+    level1 = image[:64:4, ::4]
     assert ds == 8.0 and np.array_equal(
         thumb, np.round(level1.reshape(8, 2, 12, 2, 3).mean(axis=(1, 3))).astype(np.uint8)
     )
+    halves = write_pyramid(tmp_path / "halves.tif", image[:64], downsamples=(1, 2))
+    with Slide(halves) as s:
+        assert read_thumbnail(s, 1.0)[1] == 1.0  # level 0 itself, not the 2x level
+    for shape, ok in (((8, 40, 3), False), ((40, 8, 3), False), ((40, 40, 3), True)):
+        tiny = write_pyramid(tmp_path / f"tiny{shape[0]}x{shape[1]}.tif", np.zeros(shape, np.uint8))
+        with Slide(tiny) as s:
+            if ok:
+                assert read_thumbnail(s, 32.0)[0].shape == (1, 1, 3)
+            else:
+                with pytest.raises(SlideReadError, match=r"tiny.*level 0 \(\d+x\d+\) is smaller than one 32-block"):
+                    read_thumbnail(s, 32.0)
 
 
 def test_runs_group_row_neighbours_only():
@@ -215,6 +297,54 @@ def test_runs_group_row_neighbours_only():
     assert _runs(coords, step=4, max_run=16) == [(0, 3), (3, 1), (4, 3)]
     assert _runs(coords, step=4, max_run=2) == [(0, 2), (2, 1), (3, 1), (4, 2), (6, 1)]
     assert _runs(coords[:0], step=4, max_run=4) == []
+    assert _runs(coords[:1], step=4, max_run=4) == [(0, 1)]
+    assert _runs(coords[2:5], step=4, max_run=4) == [(0, 1), (1, 1), (2, 1)]  # the last pair on different rows
+
+
+class FakeSlide:
+    """Records ``read_region`` calls; region pixels encode their level-0 x so that cuts can be checked."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[int, int], int, tuple[int, int]]] = []
+
+    def read_region(self, location, level, size):
+        self.calls.append((tuple(location), level, tuple(size)))
+        w, h = size
+        return np.broadcast_to((location[0] + np.arange(w))[None, :, None] % 251, (h, w, 3)).astype(np.uint8)
+
+
+def test_read_patches_one_region_per_row_run_unless_the_level_grid_drifts():
+    coords = np.array([[0, 0], [512, 0], [1024, 0], [1536, 0], [0, 512]])
+    aligned = FakeSlide()
+    out = read_patches(aligned, coords, PatchGeometry(1, 4.0003, 128, 512, 256))  # 512 / 4.0003 = 127.99: aligned
+    assert aligned.calls == [((0, 0), 1, (512, 128)), ((0, 512), 1, (128, 128))]
+    assert out.shape == (5, 128, 128, 3)
+    assert np.array_equal(out[2, 0, :, 0], (256 + np.arange(128)) % 251)  # patch 2 is columns 256..384 of the run
+    for level_ds in (3.9979, 3.99892):  # drift over a 16-patch run: 15 x 0.067 = 1.0 px; 15 x 0.0345 = 0.52 px
+        drifting = FakeSlide()
+        read_patches(drifting, coords, PatchGeometry(1, level_ds, 128, 512, 256))
+        assert [c[0] for c in drifting.calls] == [tuple(c) for c in coords.tolist()]  # one read per patch
+        assert {c[2] for c in drifting.calls} == {(128, 128)}
+
+
+def test_readers_keep_at_most_readers_plus_two_batches_in_flight():
+    import time
+
+    plan = PatchPlan(
+        "fake", "fake", 20.0, 20.0, PatchGeometry(0, 1.0, 4, 4, 4), patch_grid(400, 4, 4), (400, 4), (400, 4), mask=None
+    )
+    for readers in (1, 2):
+        slide = FakeSlide()
+        batches = iter_patch_batches(slide, plan, 10, readers=readers)  # 100 patches in 10 batches of one row run
+        first = next(batches)
+        deadline = time.monotonic() + 10
+        while len(slide.calls) < readers + 2 and time.monotonic() < deadline:  # let the readers do what they were given
+            time.sleep(0.01)
+        time.sleep(0.2)  # ... and no more than that
+        assert first[0] == 0 and len(slide.calls) == readers + 2
+        rest = list(batches)
+        assert [b[0] for b in rest] == list(range(10, 100, 10)) and len(slide.calls) == 10
+        assert all(np.array_equal(b[1][0, 0, :, 0], np.arange(b[0] * 4, b[0] * 4 + 4) % 251) for b in rest)
 
 
 def test_read_patches_in_runs_equal_single_reads_and_backends_agree():
@@ -254,12 +384,51 @@ def test_iter_patch_batches_threads_same_as_serial_and_raises_read_errors(tmp_pa
             list(iter_patch_batches(s, plan, 4, readers=2))
 
 
+def test_slide_falls_back_to_tiffslide_when_openslide_is_missing(monkeypatch):
+    import common.data.wsi as wsi
+
+    real_open = wsi._open_with
+
+    def no_openslide(backend, path):
+        if backend == "openslide":
+            raise ImportError("No module named 'openslide'")
+        return real_open(backend, path)
+
+    monkeypatch.setattr(wsi, "_open_with", no_openslide)
+    with Slide(_real_slide()) as s:
+        assert s.backend == "tiffslide" and s.dimensions == (2220, 2967)
+    monkeypatch.setattr(wsi, "_open_with", lambda backend, path: no_openslide("openslide", path))
+    with pytest.raises(
+        SlideReadError, match=r"openslide not installed \(No module named 'openslide'\); tiffslide not installed"
+    ):
+        Slide(_real_slide())
+
+
+def test_read_region_errors_name_the_region(tmp_path):
+    data = bytearray(_real_slide().read_bytes())
+    data[len(data) // 4 : len(data) // 2] = b"\xff" * (len(data) // 2 - len(data) // 4)  # tiles destroyed
+    corrupt = tmp_path / "corrupt.svs"
+    corrupt.write_bytes(bytes(data))
+    for backend in ("openslide", "tiffslide"):
+        with Slide(corrupt, backend=backend) as s, pytest.raises(SlideReadError) as err:
+            s.read_region((0, 2048), 0, (512, 256))
+        assert str(err.value).startswith(
+            f"{corrupt}: region (0, 2048) size (512, 256) at level 0 unreadable ({backend}: "
+        )
+        assert "NoneType" not in str(err.value) and not str(err.value).endswith(": None)")
+
+
 def test_slide_open_errors_name_the_file(tmp_path):
     garbage = tmp_path / "garbage.svs"
     garbage.write_text("not a slide")
     with pytest.raises(SlideReadError) as err:
         Slide(garbage)
-    assert str(garbage) in str(err.value) and "openslide" in str(err.value) and "tiffslide" in str(err.value)
+    assert re.fullmatch(
+        rf"{re.escape(str(garbage))}: cannot be opened as a whole-slide image \(openslide: OpenSlide\w+Error: .+; "
+        r"tiffslide: TiffFileError: not a TIFF file.*\)",
+        str(err.value),
+        flags=re.S,
+    )
     with pytest.raises(SlideReadError, match="not found"):
         Slide(tmp_path / "absent.svs")
     with pytest.raises(ValueError, match="backend"):
@@ -274,7 +443,10 @@ def test_list_slides_folder_file_list_and_text(tmp_path):
     listing.write_text("b.svs\n\n/abs/x.svs\n")
     assert list_slides(listing) == [tmp_path / "b.svs", Path("/abs/x.svs")]
     assert list_slides([tmp_path / "b.svs"]) == [tmp_path / "b.svs"]
-    with pytest.raises(FileNotFoundError):
+    other = tmp_path / "slides.lst"
+    other.write_text("c.TIF\n")
+    assert list_slides(other) == [tmp_path / "c.TIF"]
+    with pytest.raises(FileNotFoundError, match=r"none\.svs: no such slide, folder or slide list"):
         list_slides(tmp_path / "none.svs")
 
 
@@ -312,6 +484,53 @@ def test_plan_on_the_real_slide():
     assert attrs["patch_size"] == 256 and attrs["patch_level"] == 0 and attrs["patch_size_level0"] == 256
     assert attrs["downsample"].tolist() == [1.0, 1.0] and attrs["level_dim"].tolist() == [2220, 2967]
     assert attrs["name"] == "cmu_small_region" and attrs["level0_magnification"] == 20.0
+    assert attrs["downsampled_level_dim"].tolist() == [2220, 2967] and attrs["target_magnification"] == 20.0
+    assert (attrs["level0_width"], attrs["level0_height"], attrs["overlap"], attrs["target_patch_size"]) == (
+        2220,
+        2967,
+        0,
+        256,
+    )
+
+
+def test_plan_area_thresholds_are_in_patches_and_every_argument_is_honoured(tmp_path):
+    """256 x 256 level 0, 32 x 32 patches, mask at 4x: one patch = 8 x 8 = 64 mask pixels. A 4 x 4-patch square
+    of tissue with a 1-patch hole (net 15 patches), and a 2-patch speck."""
+    image = np.full((256, 256, 3), 240, np.uint8)
+    image[32:160, 32:160] = (200, 60, 150)
+    image[64:96, 64:96] = 240
+    image[200:232, 184:248] = (200, 60, 150)
+    path = write_pyramid(tmp_path / "areas.tif", image)
+    base = dict(magnification=20, patch_size=32, seg_downsample=4, median_size=1, close_size=0)
+    with Slide(path) as s:
+
+        def plan(min_tissue_area: float, max_hole_area: float):
+            return plan_patches(s, min_tissue_area=min_tissue_area, max_hole_area=max_hole_area, **base)
+
+        p = plan(2.5, 0.5)
+        assert p.mask_downsample == 4.0 and p.mask.shape == (64, 64)
+        assert p.geometry == PatchGeometry(0, 1.0, 32, 32, 32) and (p.coords % 32 == 0).all()
+        assert p.mask.sum() == 960 and not p.mask[50:58, 46:62].any()  # square minus hole; speck (2 < 2.5) gone
+        assert [64, 64] not in p.coords.tolist() and len(p.coords) == 15
+        assert plan(1.5, 0.5).mask.sum() == 960 + 128  # speck kept (2 >= 1.5)
+        filled = plan(2.5, 1.5)
+        assert filled.mask.sum() == 1024 and [64, 64] in filled.coords.tolist()  # hole (1 < 1.5) filled
+        assert plan(15.5, 0.5).mask.sum() == 0  # 15 net patches < 15.5: removed ...
+        assert plan(15.5, 1.5).mask.sum() == 1024  # ... unless its hole is filled first (16 patches)
+        # the speck's patches hold 0.75, 0.5625, 0.25, 0.1875, 0.1875, 0.0625 tissue: kept strictly above the threshold
+        for threshold, kept in ((0.25, 17), (0.6, 16), (0.99, 15)):
+            got = plan_patches(s, min_tissue_area=1.5, max_hole_area=0.5, tissue_threshold=threshold, **base)
+            assert len(got.coords) == kept
+        # at 10x a patch is 64 level-0 pixels: the square gives 0.5 at its edges, 1 inside, 0.25 at its corners
+        ten = plan_patches(s, target_magnification=10, min_tissue_area=0, **base)
+        assert ten.geometry.size_level0 == 64 and ten.coords.tolist() == [
+            [64, 0],
+            [0, 64],
+            [64, 64],
+            [128, 64],
+            [64, 128],
+            [192, 192],
+        ]
 
 
 def test_plan_40x_pyramid_without_20x_reads_512_and_resizes(tmp_path):
@@ -443,6 +662,13 @@ def test_loads_torchvision_state_and_matches_the_functional_reference(torchvisio
     with torch.inference_mode():
         assert torch.allclose(normalized(x), reference_forward(state, (x - mean) / std), rtol=1e-4, atol=1e-5)
     assert "mean" not in normalized.state_dict()  # constants, not weights
+    default = load_resnet50_weights(TruncatedResNet50(), path).eval()  # normalises by default
+    from common.networks.resnet_trunc import resnet50_trunc
+
+    ready = resnet50_trunc(path)
+    assert not ready.training and ready.normalize and next(ready.parameters()).device.type == "cpu"
+    with torch.inference_mode():
+        assert torch.equal(default(x), normalized(x)) and torch.equal(ready(x), normalized(x))
 
 
 def test_weight_loading_accepts_wrappers_and_names_the_file_on_errors(torchvision_weights, tmp_path):
@@ -467,6 +693,10 @@ def test_weight_loading_accepts_wrappers_and_names_the_file_on_errors(torchvisio
         "extra.pth": (trunc | {"head.weight": torch.zeros(1)}, r"1 unexpected keys .*head\.weight"),
         "shape.pth": (trunc | {"conv1.weight": torch.zeros(64, 3, 3, 3)}, r"shape mismatches .*conv1\.weight"),
         "tensor.pth": (torch.zeros(3), "not a state dict"),
+        "both.pth": (
+            {k: v for k, v in trunc.items() if k != "conv1.weight"} | {"head.bias": torch.zeros(1)},
+            r"state dict: 1 keys missing \(first: \['conv1\.weight'\]\); 1 unexpected keys \(first: \['head\.bias'\]\)$",
+        ),
     }
     for name, (obj, pattern) in cases.items():
         torch.save(obj, tmp_path / name)
@@ -489,6 +719,9 @@ def test_prepare_patches_scales_permutes_and_resizes():
         and x[0, :, 0, 1].tolist() == pytest.approx([1.0, 0.2, 0.0])
         and x.sum() == pytest.approx(1.2)
     )
+    lines = torch.zeros(1, 512, 512, 3, dtype=torch.uint8)
+    lines[:, ::4] = 255  # every 4th row white: a 4x shrink without antialiasing would sample only the black rows
+    assert torch.allclose(prepare_patches(lines, 128)[:, :, 2:-2], torch.tensor(0.25), atol=1e-5)
     flat = torch.full((2, 512, 512, 3), 128, dtype=torch.uint8)
     y = prepare_patches(flat, 256)
     assert y.shape == (2, 3, 256, 256) and torch.allclose(y, torch.full_like(y, 128 / 255))
