@@ -319,6 +319,9 @@ def test_read_patches_one_region_per_row_run_unless_the_level_grid_drifts():
     out = read_patches(aligned, coords, PatchGeometry(1, 4.0003, 128, 512, 256))  # 512 / 4.0003 = 127.99: aligned
     assert aligned.calls == [((0, 0), 1, (512, 128)), ((0, 512), 1, (128, 128))]
     assert out.shape == (5, 128, 128, 3)
+    near = FakeSlide()  # 15 x 0.031 = 0.47 px over a 16-patch run: still one region
+    read_patches(near, coords, PatchGeometry(1, 3.99903, 128, 512, 256))
+    assert len(near.calls) == 2
     assert np.array_equal(out[2, 0, :, 0], (256 + np.arange(128)) % 251)  # patch 2 is columns 256..384 of the run
     for level_ds in (3.9979, 3.99892):  # drift over a 16-patch run: 15 x 0.067 = 1.0 px; 15 x 0.0345 = 0.52 px
         drifting = FakeSlide()
@@ -341,7 +344,7 @@ def test_readers_keep_at_most_readers_plus_two_batches_in_flight():
         while len(slide.calls) < readers + 2 and time.monotonic() < deadline:  # let the readers do what they were given
             time.sleep(0.01)
         time.sleep(0.2)  # ... and no more than that
-        assert first[0] == 0 and len(slide.calls) == readers + 2
+        assert first[0] == 0 and len(slide.calls) == readers + 2 and 0.0 <= first[2] < 10.0  # seconds spent reading
         rest = list(batches)
         assert [b[0] for b in rest] == list(range(10, 100, 10)) and len(slide.calls) == 10
         assert all(np.array_equal(b[1][0, 0, :, 0], np.arange(b[0] * 4, b[0] * 4 + 4) % 251) for b in rest)
@@ -470,6 +473,7 @@ def test_plan_on_the_real_slide():
     assert np.bincount(holes_raw.ravel())[1:].tolist().count(85) == 1  # the enclosed hole of 85 px that was filled
     g = plan.geometry
     assert (g.level, g.read_size, g.size_level0) == (0, 256, 256) and plan.magnification == 20.0
+    assert plan.path == str(_real_slide()) and plan.name == "cmu_small_region"
     assert 20 <= len(plan.coords) <= 60  # tissue covers about half of the 88 grid positions
     assert (plan.coords % 256 == 0).all() and (plan.fractions > 0.25).all()
     assert (plan.coords[:, 0] + 256 <= 2220).all() and (plan.coords[:, 1] + 256 <= 2967).all()
