@@ -155,7 +155,7 @@ class SelfSupervisedTrainer(Trainer):
         return torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.use_amp)
 
     def _check_finite(self, terms: Mapping[str, torch.Tensor]) -> None:
-        bad = {k: float(v) for k, v in terms.items() if not torch.isfinite(v.detach()).all()}
+        bad = {k: float(v.detach()) for k, v in terms.items() if not torch.isfinite(v.detach()).all()}
         if bad:
             raise FloatingPointError(
                 f"non-finite loss at epoch {self.state.epoch}, iteration {self.state.iteration}: {bad}. "
