@@ -244,3 +244,7 @@ def test_trainer_refuses_bad_data_before_the_first_step(tmp_path):
     )
     assert proc.returncode != 0 and "NaN voxels" in proc.stderr and "nan.nii.gz" in proc.stderr
     assert not (tmp_path / "m" / "checkpoints").exists()
+    # one readable message, last, with no traceback (common.engines.errors.readable_errors)
+    assert "Traceback" not in proc.stderr and "Failed to instantiate" not in proc.stderr
+    tail = proc.stderr.strip().splitlines()
+    assert tail[-1] == "(set MMPT_DEBUG=1 to see the full traceback)" and any("nan.nii.gz" in t for t in tail[-6:])
