@@ -9,10 +9,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from conftest import run_bundle, run_dirs
 
-from common.networks.brainmvp import BrainMVP, build_backbone
+from common.networks.brainmvp import build_backbone
 
 TRAIN = "bundles/brainmvp_seg/configs/train.json"
 EVALUATE = "bundles/brainmvp_seg/configs/evaluate.json"

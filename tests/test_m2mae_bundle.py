@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -115,3 +116,5 @@ def test_inference_extracts_encoder_features(tmp_path, demo_dataset):
     )
     rows = (tmp_path / "eval" / "features.csv").read_text().splitlines()
     assert len(rows) == 3 and all(len(r.split(",")) == 1 + 48 for r in rows)  # 3 training subjects, width 48
+    training = json.loads(demo_dataset.read_text())["training"]
+    assert sorted(r.split(",")[0] for r in rows) == sorted(e["subject_id"] for e in training)  # rows by subject id

@@ -139,3 +139,42 @@ def test_inference_reads_dicom_series(trained, tmp_path):
     outputs = _infer(trained, datalist, tmp_path / "out")
     assert len(outputs) == 1 and nib.load(outputs[0]).shape == (36, 36, 24)
     del pydicom
+
+
+@pytest.mark.slow
+def test_inference_names_outputs_by_subject_and_skips_a_bad_case(trained, tmp_path):
+    """S1/t1.nii.gz and S2/t1.nii.gz no longer overwrite each other; a truncated case is skipped by name; a BraTS
+    folder without splits runs every subject."""
+    rng = np.random.default_rng(1)
+    entries = []
+    for s in ("S1", "S2", "S3"):
+        entry = {"subject_id": s}
+        for m in ("t1", "t1ce", "t2", "flair"):
+            path = tmp_path / "data" / s / f"{m}.nii.gz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(rng.random((33, 34, 32)).astype(np.float32) * 100, np.eye(4)), path)
+            entry[m] = str(path)
+        entries.append(entry)
+    raw = open(entries[2]["t2"], "rb").read()
+    open(entries[2]["t2"], "wb").write(raw[: len(raw) // 2])
+    datalist = tmp_path / "data" / "datalist.json"
+    datalist.write_text(json.dumps({"testing": entries}))
+    out = tmp_path / "out"
+    proc = run_bundle(INFERENCE, *TINY, "--datalist", str(datalist), *run_dirs(trained / "models", out))
+    log = proc.stdout + proc.stderr
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["S1_seg.nii.gz", "S2_seg.nii.gz"]
+    assert "skipped: ERROR S3" in log and "S3/t2.nii.gz" in log and "2 case(s) from datalist" in log
+    assert [r[:2] for r in csv.reader((out / "index.csv").open())][1:] == [
+        ["S1", "S1_seg.nii.gz"],
+        ["S2", "S2_seg.nii.gz"],
+    ]
+    # a scanned BraTS folder has no 'testing' split: every subject is segmented, and the log says so
+    brats = tmp_path / "brats" / "BraTS_7"
+    brats.mkdir(parents=True)
+    for m in ("t1", "t1ce", "t2", "flair"):
+        (brats / f"BraTS_7_{m}.nii.gz").write_bytes(open(entries[0][m], "rb").read())
+    proc = run_bundle(
+        INFERENCE, *TINY, "--dataset_dir", str(brats.parent), *run_dirs(trained / "models", tmp_path / "o2")
+    )
+    assert [p.name for p in (tmp_path / "o2").glob("*.nii.gz")] == ["BraTS_7_seg.nii.gz"]
+    assert "all subjects: no splits" in proc.stdout + proc.stderr

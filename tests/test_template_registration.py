@@ -136,8 +136,9 @@ def test_brainmvp_pretraining_templates_follow_the_crop_box(tmp_path, orientatio
 
 
 def test_record_canvas_is_required_for_registered_templates():
-    from common.transforms.modality import CanvasMapd
     from monai.data import MetaTensor
+
+    from common.transforms.modality import CanvasMapd
 
     with pytest.raises(ValueError, match="RecordCanvasd"):
         CanvasMapd("image")({"image": MetaTensor(torch.zeros(1, 4, 4, 4))})
