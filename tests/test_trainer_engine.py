@@ -141,7 +141,7 @@ def test_each_step_uses_its_own_gradient_not_an_accumulated_one():
 
 
 def test_non_saturating_is_forwarded_to_the_generator_loss():
-    for non_saturating, expected in ((False, lambda l: -F.softplus(l)), (True, lambda l: F.softplus(-l))):
+    for non_saturating, expected in ((False, lambda z: -F.softplus(z)), (True, lambda z: F.softplus(-z))):
         d = _D()
         trainer = _trainer(
             loss_weights={"loss_one": 0.0, "loss_two": 0.0},

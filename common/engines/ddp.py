@@ -10,9 +10,8 @@ numbers per parameter at each check.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import logging
+from collections.abc import Mapping
 
 import torch
 import torch.distributed as dist
