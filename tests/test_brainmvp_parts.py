@@ -170,9 +170,7 @@ def test_brainmvp_forward_losses_and_template_gradient():
     (out["loss_cmr"] + out["loss_md"] + out["loss_cl"]).backward()
     g = net.templates.templates.grad
     assert g[0].abs().sum() > 0 and g[2].abs().sum() > 0 and g[1].abs().sum() == 0  # only the drawn X_im modalities
-    assert "loss_cl" not in net(
-        image, torch.tensor([[0, 1], [2, 0]]), maps, use_contrastive=False
-    )
+    assert "loss_cl" not in net(image, torch.tensor([[0, 1], [2, 0]]), maps, use_contrastive=False)
 
 
 def test_sample_modality_pair_draws_per_sample_from_what_is_present():

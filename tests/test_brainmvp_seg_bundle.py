@@ -45,7 +45,9 @@ def trained(tmp_path_factory, demo_dataset, pretrained) -> Path:
 @pytest.mark.slow
 def test_train_with_templates_and_inflated_encoder(trained):
     log = (trained / "train.log").read_text()
-    n = len(build_backbone("uniformer", "tiny", in_channels=4, out_channels=3, skip_connections=True).encoder.state_dict())
+    n = len(
+        build_backbone("uniformer", "tiny", in_channels=4, out_channels=3, skip_connections=True).encoder.state_dict()
+    )
     assert f"loaded {n} of {n} pre-trained encoder tensors" in log and "inflated" in log
     assert "loaded frozen templates for ['t1', 't1ce', 't2', 'flair']" in log
     assert (trained / "models" / "model.pt").is_file()

@@ -12,7 +12,9 @@ from monai.transforms import NormalizeIntensityd, Orientationd, ScaleIntensityRa
 from common.engines.contract import ContractError, check_contract, input_contract, read_contract, write_contract
 
 
-def _contract(modalities=("t1", "t2"), pixdim=(0.0, 0.0, 0.0), lower=1, axcodes="RAS", crop=(32, 32, 32), patch=16, **kw):
+def _contract(
+    modalities=("t1", "t2"), pixdim=(0.0, 0.0, 0.0), lower=1, axcodes="RAS", crop=(32, 32, 32), patch=16, **kw
+):
     transforms = [
         Orientationd("image", axcodes=axcodes, labels=None),
         Spacingd("image", pixdim=pixdim),
@@ -41,7 +43,9 @@ def test_matching_contract_passes_and_each_mismatch_is_named(tmp_path):
     path = _stored(tmp_path, _contract())
     assert check_contract(path, _contract()) == []
     with pytest.raises(ContractError) as e:
-        check_contract(path, _contract(modalities=("t2", "t1"), pixdim=(1.0, 1.0, 1.0), axcodes="LPS", crop=(64, 64, 64)))
+        check_contract(
+            path, _contract(modalities=("t2", "t1"), pixdim=(1.0, 1.0, 1.0), axcodes="LPS", crop=(64, 64, 64))
+        )
     message = str(e.value)
     assert "the same contrasts in another order" in message and "spacing" in message and "orientation" in message
     assert "crop_size" in message and "--adapt_contract true" in message and path in message
@@ -73,14 +77,38 @@ def test_downstream_bundle_refuses_an_encoder_trained_on_other_inputs(tmp_path, 
     """m2mae pre-trained on t1, t1ce, t2, flair; m2mae_seg asked to fine-tune it on the same contrasts in another order
     stops before training, naming the difference; --adapt_contract true lets it go on."""
     data = ["--dataset_dir", str(demo_dataset.parent)]
-    run_bundle("bundles/m2mae/configs/train.json", *TINY_VIT, *data, "--epochs", "1", *run_dirs(tmp_path / "pre", tmp_path / "pre_logs"))
+    run_bundle(
+        "bundles/m2mae/configs/train.json",
+        *TINY_VIT,
+        *data,
+        "--epochs",
+        "1",
+        *run_dirs(tmp_path / "pre", tmp_path / "pre_logs"),
+    )
     ckpt = tmp_path / "pre" / "model.pt"
     assert read_contract(ckpt)["modalities"] == ["t1", "t1ce", "t2", "flair"]
-    seg = [*TINY_VIT, *data, "--epochs", "1", "--pretrained_ckpt", str(ckpt), "--modalities", "['flair','t1','t1ce','t2']"]
-    cmd = bundle_command("bundles/m2mae_seg/configs/train.json", *seg, *run_dirs(tmp_path / "seg", tmp_path / "seg_logs"))
+    seg = [
+        *TINY_VIT,
+        *data,
+        "--epochs",
+        "1",
+        "--pretrained_ckpt",
+        str(ckpt),
+        "--modalities",
+        "['flair','t1','t1ce','t2']",
+    ]
+    cmd = bundle_command(
+        "bundles/m2mae_seg/configs/train.json", *seg, *run_dirs(tmp_path / "seg", tmp_path / "seg_logs")
+    )
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and "the same contrasts in another order" in proc.stdout + proc.stderr
     assert not (tmp_path / "seg" / "model.pt").exists()
-    proc = run_bundle("bundles/m2mae_seg/configs/train.json", *seg, "--adapt_contract", "true", *run_dirs(tmp_path / "seg", tmp_path / "seg_logs"))
+    proc = run_bundle(
+        "bundles/m2mae_seg/configs/train.json",
+        *seg,
+        "--adapt_contract",
+        "true",
+        *run_dirs(tmp_path / "seg", tmp_path / "seg_logs"),
+    )
     assert "adapting, as asked" in proc.stdout + proc.stderr
     assert read_contract(tmp_path / "seg" / "model.pt")["modalities"] == ["flair", "t1", "t1ce", "t2"]  # sidecar

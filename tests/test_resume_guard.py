@@ -42,11 +42,15 @@ def test_a_finished_run_is_not_resumed_on_other_data_nor_rerun_for_zero_steps(tm
     # the same command again: nothing left to train, said so, non-zero exit, the final model untouched
     log = _fails(*base, "--dataset_dir", str(demo_dataset.parent))
     assert "nothing to train" in log and "--epochs" in log and "--restart true" in log
-    assert torch.equal(torch.load(tmp_path / "models" / "model.pt", weights_only=True)["decoder.weight"], final["decoder.weight"])
+    assert torch.equal(
+        torch.load(tmp_path / "models" / "model.pt", weights_only=True)["decoder.weight"], final["decoder.weight"]
+    )
 
     # other data (the embedded demo set instead of the folder) and another setting: refused, naming both and the choices
     log = _fails(*base, "--epochs", "2", "--position_ratio", "0.25")
-    assert "was written by another run" in log and "training data" in log and "position_ratio: 0.5 then, 0.25 now" in log
+    assert (
+        "was written by another run" in log and "training data" in log and "position_ratio: 0.5 then, 0.25 now" in log
+    )
     assert "--ckpt_dir <new folder>" in log and "--restart true" in log and "--resume true" in log
 
     # --restart: the old checkpoints are kept aside and a new run starts at epoch 1

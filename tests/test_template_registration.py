@@ -55,7 +55,9 @@ def _write(volume: np.ndarray, path: Path, orientation: str) -> Path:
 
 
 def _entry(tmp_path: Path, orientation: str, canvas: np.ndarray) -> dict:
-    files = {m: str(_write(canvas[i], tmp_path / f"{m}_{orientation}.nii.gz", orientation)) for i, m in enumerate(MODALITIES)}
+    files = {
+        m: str(_write(canvas[i], tmp_path / f"{m}_{orientation}.nii.gz", orientation)) for i, m in enumerate(MODALITIES)
+    }
     label = np.zeros(CANVAS, np.uint8)
     label[6:12, 8:14, 5:10] = 1
     label[8:10, 10:12, 6:8] = 3
@@ -118,7 +120,9 @@ def test_brainmvp_seg_templates_follow_crops_flips_and_padding(tmp_path, orienta
 
 @pytest.mark.parametrize("orientation", ["RAS", "LPS"])
 def test_brainmvp_cls_templates_follow_resize_crops_and_flips(tmp_path, orientation):
-    pipeline = _pipeline("brainmvp_cls", "base_transforms", "train#random_transforms", resize=[26, 30, 24], roi_size=[16, 18, 12])
+    pipeline = _pipeline(
+        "brainmvp_cls", "base_transforms", "train#random_transforms", resize=[26, 30, 24], roi_size=[16, 18, 12]
+    )
     entry = {k: v for k, v in _entry(tmp_path, orientation, _canvas()).items() if k != "label"}
     samples = _draw(pipeline, {**entry, "label": 0}, 16)
     flips = _check(samples, _templates(), lambda d: torch.arange(4), atol=1e-5)
@@ -128,7 +132,11 @@ def test_brainmvp_cls_templates_follow_resize_crops_and_flips(tmp_path, orientat
 @pytest.mark.parametrize("orientation", ["RAS", "LSA"])
 def test_brainmvp_pretraining_templates_follow_the_crop_box(tmp_path, orientation):
     pipeline = _pipeline(
-        "brainmvp", "train#preprocessing_transforms", "train#random_transforms", roi_size=[12, 12, 12], template_canvas=list(CANVAS)
+        "brainmvp",
+        "train#preprocessing_transforms",
+        "train#random_transforms",
+        roi_size=[12, 12, 12],
+        template_canvas=list(CANVAS),
     )
     entry = {k: v for k, v in _entry(tmp_path, orientation, _canvas()).items() if k in MODALITIES}
     samples = _draw(pipeline, entry, 12)

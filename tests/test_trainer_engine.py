@@ -213,7 +213,9 @@ def test_constructor_arguments_reach_monais_trainer():
 
     class _Handler:
         def attach(self, engine):
-            engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.__setitem__("handler", seen["handler"] + 1))
+            engine.add_event_handler(
+                Events.ITERATION_COMPLETED, lambda e: seen.__setitem__("handler", seen["handler"] + 1)
+            )
 
     def prepare(batch, device, non_blocking, **kwargs):
         seen["prepared"] += 1

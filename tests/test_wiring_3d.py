@@ -58,7 +58,10 @@ def test_m2mae_pbt_compares_the_original_and_masked_views_at_blocks_3_6_9_12(m2m
     _, hidden_m = m2mae.vit(out["masked"])
 
     def pbt(levels_a, levels_b):
-        return sum(barlow_twins_loss(a.reshape(-1, 48), b.reshape(-1, 48), normalize="matrix") for a, b in zip(levels_a, levels_b))
+        return sum(
+            barlow_twins_loss(a.reshape(-1, 48), b.reshape(-1, 48), normalize="matrix")
+            for a, b in zip(levels_a, levels_b)
+        )
 
     taps = [2, 5, 8, 11]  # 1-based 3, 6, 9, 12
     want = pbt([hidden[i] for i in taps], [hidden_m[i] for i in taps])
@@ -185,7 +188,9 @@ def test_brainmvp_cmr_view_is_filled_from_the_other_modality_and_md_view_from_th
     out = net(image, torch.tensor([[0, 1], [1, 0]]), translation_map(torch.zeros(2, 3)), use_contrastive=False)
     cmr, md = out["masked"], out["masked_md"]
     assert set(cmr.unique().tolist()) == {0.0, 3.0} and set(md.unique().tolist()) == {0.0, 7.0}
-    assert (cmr == 3).float().mean().item() == pytest.approx(0.875) and (md == 7).float().mean().item() == pytest.approx(0.875)
+    assert (cmr == 3).float().mean().item() == pytest.approx(0.875) and (
+        md == 7
+    ).float().mean().item() == pytest.approx(0.875)
     assert torch.equal(out["image"], image[:, :1])  # reconstruction target: X_im
 
 
@@ -312,7 +317,13 @@ def test_template_trainer_reads_each_channels_own_template_through_the_map():
     trainer = TemplateConsistencyTrainer(
         device="cpu",
         max_epochs=1,
-        train_data_loader=[{"image": torch.ones(1, 2, 2, 3, 2), "label": torch.zeros(1, 2, 2, 3, 2), "canvas_map": translation_map(torch.tensor([[1, 2, 3]]))}],
+        train_data_loader=[
+            {
+                "image": torch.ones(1, 2, 2, 3, 2),
+                "label": torch.zeros(1, 2, 2, 3, 2),
+                "canvas_map": translation_map(torch.tensor([[1, 2, 3]])),
+            }
+        ],
         network=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=0.01),
         loss_function=nn.MSELoss(),
@@ -327,5 +338,7 @@ def test_template_trainer_reads_each_channels_own_template_through_the_map():
     finally:
         tt.template_copies = real
     got = captured["templates"][0]
-    assert torch.equal(got[0], t.templates[0, 0, 1:3, 2:5, 3:5]) and torch.equal(got[1], t.templates[1, 0, 1:3, 2:5, 3:5])
+    assert torch.equal(got[0], t.templates[0, 0, 1:3, 2:5, 3:5]) and torch.equal(
+        got[1], t.templates[1, 0, 1:3, 2:5, 3:5]
+    )
     assert math.isfinite(trainer.state.output["loss"].item())

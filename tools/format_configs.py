@@ -1,7 +1,7 @@
 """Write bundle configs in the collection's JSON layout: 4-space indents, a list or object on one line when it fits.
 
-    python tools/format_configs.py            # rewrite every bundles/*/configs/*.json in place
-    python tools/format_configs.py --check    # exit 1 listing the files that are not formatted
+python tools/format_configs.py            # rewrite every bundles/*/configs/*.json in place
+python tools/format_configs.py --check    # exit 1 listing the files that are not formatted
 """
 
 from __future__ import annotations

@@ -193,15 +193,25 @@ def run_fingerprint(data: Any, settings: Mapping[str, Any] | None = None) -> dic
     import hashlib
     import json
 
-    entries = sorted(json.dumps(e, sort_keys=True, default=str) for e in data) if isinstance(data, (list, tuple)) else [repr(data)]
+    entries = (
+        sorted(json.dumps(e, sort_keys=True, default=str) for e in data)
+        if isinstance(data, (list, tuple))
+        else [repr(data)]
+    )
     digest = hashlib.sha256("\n".join(entries).encode()).hexdigest()
-    return {"cases": len(entries), "cases_sha256": digest, "settings": json.loads(json.dumps(dict(settings or {}), default=str))}
+    return {
+        "cases": len(entries),
+        "cases_sha256": digest,
+        "settings": json.loads(json.dumps(dict(settings or {}), default=str)),
+    }
 
 
 def _fingerprint_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     out = []
     if stored.get("cases_sha256") != current.get("cases_sha256"):
-        out.append(f"training data: {stored.get('cases')} cases then, {current.get('cases')} cases now (another case list)")
+        out.append(
+            f"training data: {stored.get('cases')} cases then, {current.get('cases')} cases now (another case list)"
+        )
     a, b = stored.get("settings", {}), current.get("settings", {})
     for key in sorted(set(a) | set(b)):
         if a.get(key) != b.get(key):

@@ -27,8 +27,12 @@ CONTRACT_KEY = "input_contract"
 # what must agree for two normalisations to give the encoder the same kind of input: the transform and its output
 # range (BrainMVP itself scales 1-99 percentiles in pre-training and 5-95 downstream, both to [0, 1]); other settings
 # that differ are reported as notes
-_INTENSITY_MUST_MATCH = {"ScaleIntensityRangePercentiles": ("b_min", "b_max"), "ScaleIntensityRange": ("b_min", "b_max"),
-                         "NormalizeIntensity": ("nonzero",), "ScaleIntensity": ("minv", "maxv")}
+_INTENSITY_MUST_MATCH = {
+    "ScaleIntensityRangePercentiles": ("b_min", "b_max"),
+    "ScaleIntensityRange": ("b_min", "b_max"),
+    "NormalizeIntensity": ("nonzero",),
+    "ScaleIntensity": ("minv", "maxv"),
+}
 _INTENSITY = {
     "ScaleIntensityRangePercentilesd": ("lower", "upper", "b_min", "b_max", "clip", "relative", "channel_wise"),
     "ScaleIntensityRanged": ("a_min", "a_max", "b_min", "b_max", "clip"),
@@ -174,7 +178,9 @@ def write_contract(contract: Mapping[str, Any], model_path: str | os.PathLike) -
     return sidecar
 
 
-def check_contract(path: str | None, contract: Mapping[str, Any], adapt: bool = False, what: str = "pre-trained") -> list[str]:
+def check_contract(
+    path: str | None, contract: Mapping[str, Any], adapt: bool = False, what: str = "pre-trained"
+) -> list[str]:
     """Compare the contract stored with ``path`` with this run's ``contract``; stop on a difference unless ``adapt``.
 
     Args:
@@ -204,6 +210,8 @@ def check_contract(path: str | None, contract: Mapping[str, Any], adapt: bool = 
     for note in _intensity_differences(stored.get("intensity"), contract.get("intensity"))[1]:
         logger.info(f"input contract note ({path}): {note}")
     if not problems:
-        logger.info(f"input contract of {path} matches this run: {stored['modalities']}, {stored['orientation']}, "
-                    f"spacing {stored['spacing'] or 'native'}, {stored['intensity'] and stored['intensity']['transform']}")
+        logger.info(
+            f"input contract of {path} matches this run: {stored['modalities']}, {stored['orientation']}, "
+            f"spacing {stored['spacing'] or 'native'}, {stored['intensity'] and stored['intensity']['transform']}"
+        )
     return problems

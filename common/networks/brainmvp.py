@@ -173,7 +173,9 @@ class EncoderClassifier(nn.Module):
     def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.head(features[-1].mean(dim=(2, 3, 4)))
 
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, return_features: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits, or with ``return_features`` also the deepest encoder feature map (see ``EncoderDecoder.forward``)."""
         features = self.encode(x)
         out = self.decode(features)

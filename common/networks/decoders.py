@@ -142,7 +142,9 @@ class EncoderDecoder(nn.Module):
     def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.decoder(features)
 
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, return_features: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The decoder output, or with ``return_features`` also the deepest encoder feature (the consistency loss of
         template fine-tuning reads it: one call through a DDP wrapper gives both, and synchronised gradients)."""
         features = self.encode(x)

@@ -141,7 +141,9 @@ def template_canvas(
     for entry in entries:
         for m in modalities:
             if m in entry:
-                img = Orientation(axcodes="RAS", labels=None)(LoadImage(image_only=True, ensure_channel_first=True)(entry[m]))
+                img = Orientation(axcodes="RAS", labels=None)(
+                    LoadImage(image_only=True, ensure_channel_first=True)(entry[m])
+                )
                 if pixdim is not None and any(float(p) > 0 for p in pixdim):
                     img = Spacing(pixdim=pixdim, mode="bilinear")(img)
                 return [max(int(s), int(r)) for s, r in zip(img.shape[1:4], roi_size)]
