@@ -53,6 +53,7 @@ def test_train_writes_unetr_loadable_model_and_tensorboard(tmp_path, demo_datase
     tags = events.Tags()
     assert {"loss", "loss_mse", "loss_pbt", "loss_adv", "loss_d"} <= set(tags["scalars"])
     assert len(events.Scalars("loss_mse")) == 2  # 3 training cases, batch 2, drop_last: 1 step a epoch
+    assert len(events.Scalars("learning_rate")) == 2 and all(e.value > 0 for e in events.Scalars("learning_rate"))
     assert any(t.startswith("reconstruction/") for t in tags["images"])
     # both epochs were checkpointed, atomically (no temporary files left)
     ckpts = sorted(p.name for p in (tmp_path / "models" / "checkpoints").iterdir())

@@ -294,3 +294,23 @@ def test_term_gradient_norms_by_hand():
 def test_unwrap_strips_data_parallel_only():
     net = nn.Linear(1, 1)
     assert unwrap(nn.DataParallel(net)) is net and unwrap(net) is net
+
+
+def test_learning_rate_state_follows_the_schedule_of_the_given_optimiser():
+    from common.engines.learning_rate import LearningRateState
+
+    net = _Net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    trainer = _trainer(net, data=_batches(1), max_epochs=3, optimizer=opt)
+    LearningRateState(opt).attach(trainer)
+    seen = []
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _step(engine):
+        seen.append(engine.state.learning_rate)
+        sched.step()
+
+    trainer.run()
+    # read after each iteration's step, before the schedule moves on
+    assert seen == pytest.approx([0.1, 0.05, 0.025]) and trainer.state.learning_rate == pytest.approx(0.025)
