@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,8 +54,20 @@ def test_train_writes_unetr_loadable_model_and_tensorboard(tmp_path, demo_datase
     tags = events.Tags()
     assert {"loss", "loss_mse", "loss_pbt", "loss_adv", "loss_d"} <= set(tags["scalars"])
     assert len(events.Scalars("loss_mse")) == 2  # 3 training cases, batch 2, drop_last: 1 step a epoch
-    assert len(events.Scalars("learning_rate")) == 2 and all(e.value > 0 for e in events.Scalars("learning_rate"))
+    lr = [e.value for e in events.Scalars("learning_rate")]  # warming up: 0, then rising
+    assert len(lr) == 2 and 0 <= lr[0] < lr[1]
     assert any(t.startswith("reconstruction/") for t in tags["images"])
+    # one command turns the run into a page with its curves, previews and contract (tools/report.py)
+    sys.path.insert(0, str(REPO / "tools"))
+    from report import write_report
+
+    page = Path(
+        write_report(str(tmp_path / "logs"), str(tmp_path / "report.md"), ckpt=str(tmp_path / "models" / "model.pt"))
+    )
+    text = page.read_text()
+    assert "![loss_mse](report_files/curve_loss_mse.png)" in text and "## Input contract" in text and '"t1ce"' in text
+    assert (tmp_path / "report_files" / "curve_loss_mse.png").read_bytes()[:4] == b"\x89PNG"
+    assert any(p.name.startswith("preview_reconstruction") for p in (tmp_path / "report_files").iterdir())
     # both epochs were checkpointed, atomically (no temporary files left)
     ckpts = sorted(p.name for p in (tmp_path / "models" / "checkpoints").iterdir())
     assert ckpts == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]
