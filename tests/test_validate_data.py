@@ -114,7 +114,67 @@ BROKEN = {
     "class label not integer": (lambda t: case(t, grade="high"), None, "is not an integer class"),
     "class label out of range": (lambda t: case(t, grade=3), None, "outside 0..1"),
     "corrupt DICOM": (lambda t: case(t, t1=_dicom_dir(t)), "dcm", "DICOM file"),
+    "2-D PNG to a 3-D bundle": (
+        lambda t: case(t, t1=_png(t / "slice.png")),
+        "slice.png",
+        "a 2-D image (shape (8, 8, 3))",
+    ),
+    "one-slice NIfTI": (lambda t: case(t, t1=vol(t / "one.nii.gz", shape=(8, 8, 1))), "one.nii.gz", "a 2-D image"),
+    "corrupt MetaImage": (
+        lambda t: case(t, t1=_write(t / "bad.mha", b"ObjectType = Image\nNDims = 3\n")),
+        "bad.mha",
+        "cannot be read as .mha",
+    ),  # fmt: skip
 }
+
+
+def _png(path: Path) -> str:
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(0).random((8, 8, 3)) * 255).astype(np.uint8)).save(path)
+    return str(path)
+
+
+def _mha(path: Path, data: np.ndarray, spacing=(1.0, 1.0, 1.0), direction=None) -> str:
+    """Write ``data`` (x, y, z) as a MetaImage with ITK itself."""
+    import itk
+
+    img = itk.image_from_array(np.ascontiguousarray(data.transpose(2, 1, 0)))  # ITK arrays are z, y, x
+    img.SetSpacing(spacing)
+    if direction is not None:
+        img.SetDirection(itk.matrix_from_array(np.asarray(direction, dtype=np.float64)))
+    itk.imwrite(img, str(path))
+    return str(path)
+
+
+def test_metaimage_studies_are_read_like_nifti(tmp_path):
+    data = np.random.default_rng(0).random((8, 9, 7)).astype(np.float32) + 0.1
+    entry = {"subject_id": "P1", "t1": _mha(tmp_path / "t1.mha", data), "t2": _mha(tmp_path / "t2.mha", data)}
+    assert validate_entries([entry], MODS) == []
+    data[1, 2, 3] = np.nan
+    entry["t2"] = _mha(tmp_path / "t2n.mha", data)
+    expect(validate_entries([entry], MODS), "t2n.mha", "NaN voxels (1 of 504)")
+    # a MetaImage and a NIfTI of one study on the same grid agree (both affines in RAS)
+    nifti = nib.load(vol(tmp_path / "t1.nii.gz", np.nan_to_num(data), affine=np.diag([-1.0, -1.0, 1.0, 1.0])))
+    assert nifti.shape == (8, 9, 7)
+    clean = {
+        "subject_id": "P2",
+        "t1": str(tmp_path / "t1.nii.gz"),
+        "t2": _mha(tmp_path / "t2c.mha", np.nan_to_num(data)),
+    }
+    assert only(validate_entries([clean], MODS)) == []
+
+
+def test_an_oblique_volume_is_warned_about(tmp_path):
+    angle = np.radians(20)
+    rot = np.array(
+        [[np.cos(angle), -np.sin(angle), 0, 0], [np.sin(angle), np.cos(angle), 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    )
+    entry = case(tmp_path, t1=vol(tmp_path / "obl.nii.gz", affine=rot), t2=vol(tmp_path / "obl2.nii.gz", affine=rot))
+    problems = validate_entries([entry], MODS)
+    expect(problems, "obl.nii.gz", "oblique affine (20.0 degrees off the axes)", severity="warning")
+    assert only(problems) == []
+    assert validate_entries([case(tmp_path / "straight")], MODS) == []  # axis-aligned: no warning
 
 
 def _write(path: Path, data: bytes) -> str:

@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 _NIFTI = (".nii", ".nii.gz", ".img", ".hdr", ".mgz")
 _RASTER = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+_ITK = (".mha", ".mhd", ".nrrd", ".nhdr")  # MetaImage and NRRD, read by MONAI's ITKReader in the bundles
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class _Unreadable(Exception):
 
 def _suffix(path: str) -> str:
     lower = path.lower()
-    for ext in (".nii.gz", *_NIFTI, *_RASTER, ".h5", ".hdf5", ".npy", ".pt", ".csv", ".tsv", ".json"):
+    for ext in (".nii.gz", *_NIFTI, *_ITK, *_RASTER, ".h5", ".hdf5", ".npy", ".pt", ".csv", ".tsv", ".json"):
         if lower.endswith(ext):
             return ext
     return os.path.splitext(lower)[1]
@@ -95,6 +96,8 @@ def _read_image(path: str, content: bool) -> tuple[tuple[int, ...], np.ndarray |
             img = nib.load(path)
             data = np.asarray(img.dataobj, dtype=np.float32) if content else None
             return tuple(img.shape), np.asarray(img.affine), data
+        if ext in _ITK:
+            return _read_itk(path, content)
         if ext in _RASTER:
             from PIL import Image
 
@@ -108,7 +111,23 @@ def _read_image(path: str, content: bool) -> tuple[tuple[int, ...], np.ndarray |
         raise
     except Exception as e:  # noqa: BLE001 - any reader failure is reported, never raised from deep inside
         raise _Unreadable(f"cannot be read as {ext or 'an image'} ({type(e).__name__}: {str(e)[:160]})") from e
-    raise _Unreadable(f"unsupported image format '{ext}' (NIfTI, DICOM, PNG/JPEG/TIFF are read)")
+    raise _Unreadable(f"unsupported image format '{ext}' (NIfTI, MetaImage/NRRD, DICOM, PNG/JPEG/TIFF are read)")
+
+
+def _read_itk(path: str, content: bool) -> tuple[tuple[int, ...], np.ndarray | None, np.ndarray | None]:
+    """MetaImage / NRRD through MONAI's ITKReader (the reader the bundles' LoadImaged picks): shape in x, y, z
+    order and the RAS affine, as for NIfTI."""
+    try:
+        from monai.data import ITKReader
+    except ImportError as e:  # pragma: no cover - monai always has the class; itk itself may be missing
+        raise _Unreadable("MetaImage/NRRD input needs itk (pip install itk)") from e
+    try:
+        reader = ITKReader(channel_dim=None)
+        array, meta = reader.get_data(reader.read(path))
+    except ImportError as e:
+        raise _Unreadable("MetaImage/NRRD input needs itk (pip install itk)") from e
+    data = np.asarray(array, dtype=np.float32)
+    return tuple(data.shape), np.asarray(meta["affine"], dtype=np.float64), data if content else None
 
 
 def _read_dicom_series(path: str, content: bool) -> tuple[tuple[int, ...], np.ndarray | None, np.ndarray | None]:
@@ -182,6 +201,19 @@ def _is_number(text: str) -> bool:
         return False
 
 
+_OBLIQUE_DEGREES = 1.0
+
+
+def _obliquity(affine: np.ndarray) -> float:
+    """Largest angle, in degrees, between a voxel axis and its nearest world axis."""
+    rot = np.asarray(affine, dtype=np.float64)[:3, :3]
+    norms = np.linalg.norm(rot, axis=0)
+    if np.any(norms == 0):
+        return 0.0
+    cosines = np.abs(rot / norms).max(axis=0).clip(0.0, 1.0)
+    return float(np.degrees(np.arccos(cosines)).max())
+
+
 def _check_image(sid: str, key: str, path: str, content: bool, expect_3d: bool) -> tuple[list[Problem], dict | None]:
     problems: list[Problem] = []
     if not os.path.exists(path):
@@ -190,6 +222,27 @@ def _check_image(sid: str, key: str, path: str, content: bool, expect_3d: bool) 
         shape, affine, data = _read_image(path, content)
     except _Unreadable as e:
         return [Problem("error", sid, path, f"{key}: {e}")], None
+    if expect_3d and (_suffix(path) in _RASTER or len(shape) < 3 or min(shape[:3]) <= 1):
+        return problems + [
+            Problem(
+                "error",
+                sid,
+                path,
+                f"{key}: a 2-D image (shape {tuple(shape)}) where this bundle needs a 3-D "
+                "volume (NIfTI, MetaImage/NRRD or a DICOM series with several slices)",
+            )  # fmt: skip
+        ], None
+    if expect_3d and affine is not None and _obliquity(affine) > _OBLIQUE_DEGREES:
+        problems.append(
+            Problem(
+                "warning",
+                sid,
+                path,
+                f"{key}: oblique affine ({_obliquity(affine):.1f} degrees off the axes): "
+                "the bundle reorients by axis permutation only, so it treats the volume as axis-aligned (outputs "
+                "keep this affine); resample it to an axis-aligned grid first if orientation matters",
+            )  # fmt: skip
+        )
     if expect_3d and len(shape) > 3 and any(s > 1 for s in shape[3:]):
         problems.append(
             Problem(
