@@ -4,8 +4,10 @@ Three sources, in order of precedence:
 
 1. ``datalist``: a MONAI decathlon-style JSON; entries name their modalities either by key
    (``{"t1": ..., "t2": ...}``) or as a list (``{"image": [t1, t1ce, t2, flair]}``, in ``modalities`` order);
-2. ``dataset_dir``: its ``datalist.json`` if present, else a BraTS-layout folder (one sub-folder per subject,
-   files ``<subject>_<suffix>.nii.gz``; BraTS 2020/21 and 2023 suffixes are both recognised);
+2. ``dataset_dir``: its ``datalist.json`` if present, else a PI-CAI-layout folder
+   (``<patient>/<patient>_<study>_{t2w,adc,hbv}.mha``, M2-MAE's prostate data) or a BraTS-layout folder (one
+   sub-folder per subject, files ``<subject>_<suffix>.nii.gz`` or ``.mha``/``.nrrd``; BraTS 2020/21 and 2023
+   suffixes are both recognised);
 3. neither: the embedded demo set, built on first use into a cache folder (``common.data.demo``).
 
 Every entry comes back with absolute paths, the per-modality keys, an ``image`` list in ``modalities`` order
@@ -20,7 +22,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BRATS_SUFFIXES", "resolve_datalist", "scan_brats_folder", "load_datalist_json"]
+__all__ = [
+    "BRATS_SUFFIXES",
+    "PICAI_SEQUENCES",
+    "resolve_datalist",
+    "scan_brats_folder",
+    "scan_picai_folder",
+    "is_picai_folder",
+    "load_datalist_json",
+]
 
 # file-name suffixes of each modality in BraTS releases (2018-2021 first, 2023 second)
 BRATS_SUFFIXES: dict[str, tuple[str, ...]] = {
@@ -30,7 +40,9 @@ BRATS_SUFFIXES: dict[str, tuple[str, ...]] = {
     "flair": ("flair", "t2f"),
     "label": ("seg",),
 }
-_NIFTI = (".nii.gz", ".nii")
+_NIFTI = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")  # volume files a scanned folder may hold (ITK formats too)
+# PI-CAI (M2-MAE's prostate data): <patient>_<study>_{t2w,adc,hbv}.mha, one folder per patient; labels apart
+PICAI_SEQUENCES = ("t2w", "adc", "hbv", "sag", "cor")
 
 
 def _absolute(value: Any, base: Path) -> Any:
@@ -151,6 +163,63 @@ def resolve_datalist(
     return entries
 
 
+def is_picai_folder(dataset_dir: str | os.PathLike) -> bool:
+    """Whether a folder holds PI-CAI-style studies (``<patient>/<patient>_<study>_t2w.mha``, up to two levels)."""
+    root = Path(dataset_dir)
+    return any(root.glob("*_t2w.mha")) or any(root.glob("*/*_t2w.mha"))
+
+
+def scan_picai_folder(
+    dataset_dir: str | os.PathLike,
+    modalities: Sequence[str] = ("t2w", "adc", "hbv"),
+    label_dir: str | os.PathLike | None = None,
+    with_label: bool = False,
+) -> list[dict]:
+    """One entry per study of a PI-CAI-layout folder (``<patient>/<patient>_<study>_<sequence>.mha``).
+
+    Args:
+        dataset_dir: the ``images`` folder of PI-CAI (patient folders, or the files directly).
+        modalities: sequences in channel order (PI-CAI: ``t2w``, ``adc``, ``hbv``).
+        label_dir: folder of ``<patient>_<study>.nii.gz`` (or ``.mha``) label maps, e.g. PI-CAI's
+            ``picai_labels/csPCa_lesion_delineations/human_expert/resampled``.
+        with_label: every study must have a label in ``label_dir``.
+
+    Subject ids are ``<patient>_<study>``; a study missing a sequence (or a required label) is reported with the
+    files it lacks, never skipped.
+    """
+    root = Path(dataset_dir)
+    unknown = [m for m in modalities if m not in PICAI_SEQUENCES]
+    if unknown:
+        raise ValueError(
+            f"dataset_dir {root} is in PI-CAI layout (sequences {', '.join(PICAI_SEQUENCES[:3])}), but the bundle asks "
+            f"for {list(modalities)}: pass e.g. --modalities \"['t2w','adc','hbv']\""
+        )
+    studies: dict[str, dict[str, str]] = {}
+    for m in modalities:
+        for f in [*root.glob(f"*_{m}.mha"), *root.glob(f"*/*_{m}.mha")]:
+            studies.setdefault(f.name[: -len(f"_{m}.mha")], {})[m] = str(f.resolve())
+    problems = []
+    entries = []
+    for key in sorted(studies):
+        entry: dict[str, Any] = {"subject_id": key, **studies[key]}
+        problems += [f"{key}: no {m} file ({key}_{m}.mha)" for m in modalities if m not in entry]
+        if label_dir is not None:
+            found = [Path(label_dir) / f"{key}{ext}" for ext in (".nii.gz", ".mha", ".nii")]
+            hit = next((str(p.resolve()) for p in found if p.is_file()), None)
+            if hit:
+                entry["label"] = hit
+            elif with_label:
+                problems.append(f"{key}: no label {found[0]}")
+        elif with_label:
+            problems.append(f"{key}: labels needed, but no label_dir given (PI-CAI keeps them in picai_labels)")
+        entries.append(entry)
+    if not entries:
+        raise FileNotFoundError(f"dataset_dir {root} has no <patient>_<study>_<sequence>.mha files")
+    if problems:
+        raise FileNotFoundError(f"{len(problems)} missing files in {root}:\n" + "\n".join(problems))
+    return [_normalise_entry(e, modalities, root, ("label",), i, str(root)) for i, e in enumerate(entries)]
+
+
 def _resolve(dataset_dir, datalist, modalities, split, with_label, demo) -> list[dict]:
     if datalist:
         return load_datalist_json(datalist, split, modalities, base_dir=dataset_dir or None)
@@ -158,7 +227,11 @@ def _resolve(dataset_dir, datalist, modalities, split, with_label, demo) -> list
         candidate = Path(dataset_dir) / "datalist.json"
         if candidate.is_file():
             return load_datalist_json(candidate, split, modalities)
-        return scan_brats_folder(dataset_dir, modalities, with_label) if split == "training" else []
+        if split != "training":
+            return []
+        if is_picai_folder(dataset_dir):
+            return scan_picai_folder(dataset_dir, modalities, with_label=with_label)
+        return scan_brats_folder(dataset_dir, modalities, with_label)
     from common.data.demo import demo_datalist  # builds on first use only
 
     return load_datalist_json(demo_datalist(**(demo or {})), split, modalities)
