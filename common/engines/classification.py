@@ -8,9 +8,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["check_class_labels", "class_and_probabilities", "case_ids"]
+__all__ = ["ClassLabelError", "check_class_labels", "class_and_probabilities", "case_ids"]
 
 logger = logging.getLogger(__name__)
+
+
+class ClassLabelError(ValueError):
+    """Entries whose class label is missing or not a valid class index (the message names each one)."""
 
 
 def _as_class(value: Any) -> int | None:
@@ -61,7 +65,7 @@ def check_class_labels(splits: Mapping[str, Sequence[dict]], num_classes: int, l
             " (is the class stored under another field? set label_key, e.g. --label_key class_label for the"
             " demo set, whose 'label' is a segmentation)"
         )
-        raise ValueError(
+        raise ClassLabelError(
             f"{len(problems)} entries without a valid class{hint}:\n"
             + "\n".join(problems[:20])
             + ("\n..." if len(problems) > 20 else "")

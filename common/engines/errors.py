@@ -26,6 +26,7 @@ USER_ERRORS = (
     "common.data.validate.DataValidationError",
     "common.engines.contract.ContractError",
     "common.engines.checkpoint.ResumeRefused",
+    "common.engines.classification.ClassLabelError",
     "common.data.wsi_features.BagError",
     "common.data.wsi.SlideReadError",
     "common.data.wsi.MagnificationError",
