@@ -314,3 +314,76 @@ def test_learning_rate_state_follows_the_schedule_of_the_given_optimiser():
     trainer.run()
     # read after each iteration's step, before the schedule moves on
     assert seen == pytest.approx([0.1, 0.05, 0.025]) and trainer.state.learning_rate == pytest.approx(0.025)
+
+
+def test_defaults_train_in_fp32_without_decollation():
+    trainer = _trainer()
+    assert trainer.use_amp is False and trainer.amp is False  # MONAI's fp16 GradScaler path stays off
+    assert trainer.non_blocking is False
+    trainer.run()
+    assert isinstance(trainer.state.output, dict)  # not decollated into a list of items
+
+
+def test_a_discriminator_returning_its_feature_maps_is_read_at_its_last_output():
+    class _PatchD(_D):  # MONAI's PatchDiscriminator: [maps..., logits]
+        def forward(self, v):
+            logits = super().forward(v)
+            return [logits * 100, logits * -100, logits]
+
+    d = _PatchD()
+    trainer = _trainer(
+        loss_weights={"loss_one": 0.0, "loss_two": 0.0},
+        discriminator=d,
+        d_optimizer=torch.optim.SGD(d.parameters(), lr=0.1),
+    )
+    trainer.run()
+    assert trainer.state.output["loss_adv"] == pytest.approx(-F.softplus(torch.tensor(0.75)).item(), rel=1e-6)
+
+
+def test_key_metric_without_a_comparison_uses_monais_default():
+    from ignite.metrics import Average
+
+    trainer = _trainer(
+        data=_batches(2), max_epochs=2, key_train_metric={"m": Average(output_transform=lambda o: -o["loss"])}
+    )
+    trainer.run()  # higher is better by default: -loss rises as the loss falls
+    assert (
+        trainer.state.best_metric == pytest.approx(trainer.state.metrics["m"]) and trainer.state.best_metric_epoch == 2
+    )
+
+
+def test_additional_metrics_are_computed():
+    from ignite.metrics import Average
+
+    trainer = _trainer(
+        data=_batches(2),
+        key_train_metric={"first": Average(output_transform=lambda o: o["loss_one"])},
+        additional_metrics={"mean_loss": Average(output_transform=lambda o: o["loss"])},
+    )
+    trainer.run()
+    # one SGD step of 0.3 between the two iterations: loss 4.5 then 3.6, loss_one 1.5 then 1.2
+    assert trainer.state.metrics["mean_loss"] == pytest.approx((4.5 + 3.6) / 2)
+    assert trainer.state.metrics["first"] == pytest.approx((1.5 + 1.2) / 2)
+
+
+def test_messages_are_whole():
+    trainer = _trainer()
+    with pytest.raises(ValueError) as err:
+        trainer._iteration(trainer, None)
+    assert str(err.value) == "Must provide batch data for current iteration."
+    trainer.state.epoch, trainer.state.iteration = 3, 7
+    with pytest.raises(FloatingPointError) as err:
+        trainer._check_finite({"loss_x": torch.tensor(float("inf"))})
+    assert str(err.value) == (
+        "non-finite loss at epoch 3, iteration 7: {'loss_x': inf}. Training stopped; the last checkpoint written "
+        "before this step is intact. Check the data (NaN/Inf voxels, constant volumes) and lower the learning rate."
+    )
+    d = _D()
+    with pytest.raises(ValueError) as err:
+        _trainer(discriminator=d)
+    assert str(err.value) == "discriminator and d_optimizer go together: give both or neither"
+
+
+def test_scalar_terms_keep_losses_and_gradient_norms_only():
+    out = {"loss": 1.0, "loss_a": 2.0, "grad_norm_a": 3.0, "image": torch.zeros(1), "lossy": 4.0, "pred": 5.0}
+    assert scalar_terms(out) == {"loss": 1.0, "loss_a": 2.0, "grad_norm_a": 3.0}

@@ -85,7 +85,9 @@ class SelfSupervisedTrainer(Trainer):
         grad_norm_interval: every this many iterations (and at the first), the gradient norm each weighted term
             alone sends to the network is logged as ``grad_norm_<term>`` (one extra backward per term); 0: never.
         epoch_length, non_blocking, prepare_batch, iteration_update, postprocessing, key_train_metric,
-        additional_metrics, metric_cmp_fn, train_handlers, decollate, to_kwargs: as in ``monai.engines.Trainer``.
+        additional_metrics, metric_cmp_fn, train_handlers, to_kwargs: as in ``monai.engines.Trainer``. No
+            ``decollate``: MONAI decollates at ``MODEL_COMPLETED``, before this trainer has built its output (the
+            loss terms as floats and the previews), so the engine's output stays one dict per batch.
     """
 
     def __init__(
@@ -113,7 +115,6 @@ class SelfSupervisedTrainer(Trainer):
         additional_metrics: dict | None = None,
         metric_cmp_fn: Callable | None = None,
         train_handlers: Sequence | None = None,
-        decollate: bool = False,
         to_kwargs: dict | None = None,
     ) -> None:
         if (discriminator is None) != (d_optimizer is None):
@@ -134,7 +135,7 @@ class SelfSupervisedTrainer(Trainer):
             amp=False,  # MONAI's amp means fp16 + GradScaler on CUDA; we autocast bf16 ourselves
             event_names=None,
             event_to_attr=None,
-            decollate=decollate,
+            decollate=False,
             to_kwargs=to_kwargs,
             **extra,
         )
