@@ -91,7 +91,11 @@ def test_evaluate_writes_dice_and_hd95_per_region(trained, demo_dataset):
         assert f"val_hd95_{region}" in rows
     per_case = list(csv.reader((trained / "eval" / "val_dice_wt_raw.csv").open()))
     validation = json.loads(demo_dataset.read_text())["validation"]
-    assert len(per_case) == 1 + len(validation)
+    assert len(per_case) == 1 + len(validation) and per_case[0] == ["filename", "value", "mean"]
+    # rows named by subject id, columns by region (not class0/1/2)
+    regions = list(csv.reader((trained / "eval" / "val_mean_dice_raw.csv").open()))
+    assert regions[0] == ["filename", "TC", "WT", "ET", "mean"]
+    assert sorted(r[0] for r in regions[1:]) == sorted(e["subject_id"] for e in validation)
 
 
 def _infer(trained: Path, datalist: Path, out: Path) -> list[Path]:

@@ -353,3 +353,17 @@ def test_dice_reads_other_keys():
     item = [{"seg": _mask([(0, 0), (0, 1)])[None], "gt": _mask([(0, 0)])[None]}]
     out = _run(dice_per_structure(["disc"], pred_key="seg", label_key="gt"), [item])
     assert out["val_dice_disc"] == pytest.approx(2 * 1 / (2 + 1))
+
+
+def test_per_case_metric_columns_take_the_region_names(tmp_path):
+    from common.engines.metrics import name_metric_columns
+
+    (tmp_path / "val_mean_dice_raw.csv").write_text("filename,class0,class1,class2,mean\nS1,0.1,0.2,0.3,0.2\n")
+    (tmp_path / "val_dice_tc_raw.csv").write_text("filename\tclass0\tmean\nS1\t0.1\t0.1\n")
+    (tmp_path / "val_two_raw.csv").write_text("filename,class0,class1,mean\nS1,1,2,1.5\n")
+    (tmp_path / "metrics.csv").write_text("val_mean_dice,0.2\n")
+    done = name_metric_columns(str(tmp_path), ["TC", "WT", "ET"])
+    assert (tmp_path / "val_mean_dice_raw.csv").read_text() == "filename,TC,WT,ET,mean\nS1,0.1,0.2,0.3,0.2\n"
+    assert (tmp_path / "val_dice_tc_raw.csv").read_text() == "filename\tvalue\tmean\nS1\t0.1\t0.1\n"
+    assert (tmp_path / "val_two_raw.csv").read_text().startswith("filename,class0,class1,mean")  # 2 of 3: kept
+    assert sorted(p.split("/")[-1] for p in done) == ["val_dice_tc_raw.csv", "val_mean_dice_raw.csv"]

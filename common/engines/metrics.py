@@ -16,11 +16,13 @@ from ignite.engine import Events
 from ignite.exceptions import NotComputableError
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
-from monai.handlers import IgniteMetricHandler
+from monai.handlers import IgniteMetricHandler, MetricsSaver
 from monai.metrics import DiceMetric, compute_roc_auc
 from monai.utils import evenly_divisible_all_gather
 
 __all__ = [
+    "NamedMetricsSaver",
+    "name_metric_columns",
     "select_channel",
     "meta_of",
     "class_scores",
@@ -451,3 +453,51 @@ def dice_per_structure(
         )
         for i, s in enumerate(structures)
     }
+
+
+def name_metric_columns(save_dir: str, class_labels: Sequence[str]) -> list[str]:
+    """Rename the ``class0, class1, ...`` columns of MONAI's per-case ``*_raw.csv`` files to ``class_labels``
+    where the count matches, and a lone ``class0`` to ``value``; returns the files rewritten."""
+    done = []
+    for name in sorted(os.listdir(save_dir)) if os.path.isdir(save_dir) else []:
+        if not name.endswith("_raw.csv"):
+            continue
+        path = os.path.join(save_dir, name)
+        with open(path) as f:
+            lines = f.read().splitlines()
+        if not lines:
+            continue
+        delimiter = "\t" if "\t" in lines[0] else ","
+        header = lines[0].split(delimiter)
+        classes = [i for i, h in enumerate(header) if h.startswith("class") and h[5:].isdigit()]
+        if len(classes) == len(class_labels):
+            for i, label in zip(classes, class_labels):
+                header[i] = str(label)
+        elif len(classes) == 1:
+            header[classes[0]] = "value"
+        else:
+            continue
+        with open(path, "w") as f:
+            f.write("\n".join([delimiter.join(header), *lines[1:]]) + "\n")
+        done.append(path)
+    return done
+
+
+class NamedMetricsSaver(MetricsSaver):
+    """MONAI's ``MetricsSaver`` whose per-case CSV columns carry the regions' names (``TC, WT, ET``) instead of
+    ``class0, class1, class2``: MONAI's report writer takes class labels but ``MetricsSaver`` does not pass any, so
+    the headers are renamed once the files are written (on the saving rank).
+
+    Args:
+        class_labels: one name per output channel, e.g. ``["TC", "WT", "ET"]``.
+        args, kwargs: as ``monai.handlers.MetricsSaver``.
+    """
+
+    def __init__(self, *args: Any, class_labels: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.class_labels = list(class_labels)
+
+    def _finalize(self, engine: Any) -> None:
+        super()._finalize(engine)
+        if idist.get_rank() == self.save_rank and self.class_labels:
+            name_metric_columns(self.save_dir, self.class_labels)
