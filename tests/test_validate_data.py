@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -19,7 +20,8 @@ MODS = ["t1", "t2"]
 
 
 def vol(path: Path, data=None, affine=None, shape=(8, 8, 8)) -> str:
-    data = np.random.default_rng(0).random(shape).astype(np.float32) + 0.1 if data is None else data
+    seed = zlib.crc32(Path(path).name.encode())  # each file its own voxels: no two contrasts byte-identical
+    data = np.random.default_rng(seed).random(shape).astype(np.float32) + 0.1 if data is None else data
     nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), path)
     return str(path)
 
@@ -149,7 +151,7 @@ def _mha(path: Path, data: np.ndarray, spacing=(1.0, 1.0, 1.0), direction=None) 
 
 def test_metaimage_studies_are_read_like_nifti(tmp_path):
     data = np.random.default_rng(0).random((8, 9, 7)).astype(np.float32) + 0.1
-    entry = {"subject_id": "P1", "t1": _mha(tmp_path / "t1.mha", data), "t2": _mha(tmp_path / "t2.mha", data)}
+    entry = {"subject_id": "P1", "t1": _mha(tmp_path / "t1.mha", data), "t2": _mha(tmp_path / "t2.mha", data * 2)}
     assert validate_entries([entry], MODS) == []
     data[1, 2, 3] = np.nan
     entry["t2"] = _mha(tmp_path / "t2n.mha", data)
@@ -308,3 +310,30 @@ def test_trainer_refuses_bad_data_before_the_first_step(tmp_path):
     assert "Traceback" not in proc.stderr and "Failed to instantiate" not in proc.stderr
     tail = proc.stderr.strip().splitlines()
     assert tail[-1] == "(set MMPT_DEBUG=1 to see the full traceback)" and any("nan.nii.gz" in t for t in tail[-6:])
+
+
+def test_probably_wrong_data_is_flagged(tmp_path):
+    """Byte-identical contrasts, CT given as MRI (Hounsfield range, or DICOM Modality CT), and a stray non-DICOM
+    file in a series folder (skipped, as MONAI's reader does) are warnings naming the file; none is an error."""
+    from dicom_utils import write_dicom_series
+
+    s1 = case(tmp_path, "S1")
+    copy = tmp_path / "S1" / "t2_copy.nii.gz"
+    copy.write_bytes(Path(s1["t1"]).read_bytes())
+    problems = validate_entries([{**s1, "t2": str(copy)}], MODS)
+    expect(problems, "t1.nii.gz", "contrasts t1, t2 are byte-identical copies", severity="warning")
+    hu = np.random.default_rng(3).uniform(-1024, 3071, (8, 8, 8)).astype(np.float32)
+    problems = validate_entries([case(tmp_path, "S2", t2=vol(tmp_path / "ct.nii.gz", hu))], MODS)
+    expect(problems, "ct.nii.gz", "look like CT Hounsfield units", severity="warning")
+    series = write_dicom_series(tmp_path / "dcm", np.random.default_rng(4).random((8, 8, 8)) * 100)
+    (series / "README.txt").write_text("exported by the scanner")
+    problems = validate_entries([case(tmp_path, "S3", t1=str(series))], MODS)
+    expect(problems, "dcm", "skipped 1 non-DICOM file(s) in the series folder: README.txt", severity="warning")
+    assert only(problems) == []
+    import pydicom
+
+    for f in series.glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.Modality = "CT"
+        ds.save_as(f)
+    expect(validate_entries([case(tmp_path, "S4", t1=str(series))], MODS), "dcm", "DICOM Modality CT", "warning")

@@ -84,10 +84,13 @@ def _suffix(path: str) -> str:
     return os.path.splitext(lower)[1]
 
 
-def _read_image(path: str, content: bool) -> tuple[tuple[int, ...], np.ndarray | None, np.ndarray | None]:
-    """(shape, affine or None, data or None) of an image file or DICOM folder; raises _Unreadable with a reason."""
+def _read_image(
+    path: str, content: bool, notes: list[str] | None = None
+) -> tuple[tuple[int, ...], np.ndarray | None, np.ndarray | None]:
+    """(shape, affine or None, data or None) of an image file or DICOM folder; raises _Unreadable with a reason.
+    ``notes`` collects findings that are not errors (files skipped in a DICOM folder, the DICOM modality)."""
     if os.path.isdir(path):
-        return _read_dicom_series(path, content)
+        return _read_dicom_series(path, content, notes)
     ext = _suffix(path)
     try:
         if ext in _NIFTI:
@@ -106,7 +109,7 @@ def _read_image(path: str, content: bool) -> tuple[tuple[int, ...], np.ndarray |
                 arr = np.asarray(im, dtype=np.float32)
             return arr.shape, None, arr if content else None
         if ext == ".dcm":
-            return _read_dicom_series(path, content)
+            return _read_dicom_series(path, content, notes)
     except (_Unreadable, FileNotFoundError):
         raise
     except Exception as e:  # noqa: BLE001 - any reader failure is reported, never raised from deep inside
@@ -130,15 +133,22 @@ def _read_itk(path: str, content: bool) -> tuple[tuple[int, ...], np.ndarray | N
     return tuple(data.shape), np.asarray(meta["affine"], dtype=np.float64), data if content else None
 
 
-def _read_dicom_series(path: str, content: bool) -> tuple[tuple[int, ...], np.ndarray | None, np.ndarray | None]:
+def _read_dicom_series(
+    path: str, content: bool, notes: list[str] | None = None
+) -> tuple[tuple[int, ...], np.ndarray | None, np.ndarray | None]:
     try:
         import pydicom
+        from pydicom.misc import is_dicom
     except ImportError as e:
         raise _Unreadable("DICOM input needs pydicom (pip install pydicom)") from e
     files = sorted(Path(path).glob("*")) if os.path.isdir(path) else [Path(path)]
     files = [f for f in files if f.is_file()]
+    stray = [f.name for f in files if os.path.isdir(path) and not is_dicom(str(f))]
+    if stray and notes is not None:  # a README, .DS_Store ... beside the slices: skipped, as MONAI's reader does
+        notes.append(f"skipped {len(stray)} non-DICOM file(s) in the series folder: {', '.join(stray[:3])}")
+    files = [f for f in files if f.name not in stray]
     if not files:
-        raise _Unreadable("DICOM folder is empty")
+        raise _Unreadable("DICOM folder is empty" + (" (no DICOM file among its files)" if stray else ""))
     slices = []
     for f in files:
         try:
@@ -149,6 +159,9 @@ def _read_dicom_series(path: str, content: bool) -> tuple[tuple[int, ...], np.nd
             raise _Unreadable(
                 f"DICOM file {f.name} is corrupt or truncated ({type(e).__name__}: {str(e)[:120]})"
             ) from e
+    modality = str(getattr(slices[0][0], "Modality", "") or "")
+    if modality and notes is not None:
+        notes.append(f"modality:{modality}")
     rows, cols = int(slices[0][0].Rows), int(slices[0][0].Columns)
     if any((int(d.Rows), int(d.Columns)) != (rows, cols) for d, _ in slices):
         raise _Unreadable("DICOM slices of different sizes in one series")
@@ -204,6 +217,42 @@ def _is_number(text: str) -> bool:
 _OBLIQUE_DEGREES = 1.0
 
 
+def _digest(path: str) -> str | None:
+    """sha256 of a file's bytes (``None`` for folders and unreadable files)."""
+    import hashlib
+
+    if not os.path.isfile(path):
+        return None
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _identical_copies(sid: str, paths: Mapping[str, str]) -> list[Problem]:
+    """A warning for each group of one subject's contrasts that are byte-identical copies of one file."""
+    groups: dict[str, list[str]] = {}
+    for key, path in paths.items():
+        digest = _digest(path)
+        if digest is not None:
+            groups.setdefault(digest, []).append(key)
+    return [
+        Problem(
+            "warning",
+            sid,
+            paths[keys[0]],
+            f"contrasts {', '.join(keys)} are byte-identical copies of one file "
+            "(a contrast copied in for a missing one teaches the network nothing about it)",
+        )  # fmt: skip
+        for keys in groups.values()
+        if len(keys) > 1
+    ]
+
+
 def _obliquity(affine: np.ndarray) -> float:
     """Largest angle, in degrees, between a voxel axis and its nearest world axis."""
     rot = np.asarray(affine, dtype=np.float64)[:3, :3]
@@ -218,10 +267,18 @@ def _check_image(sid: str, key: str, path: str, content: bool, expect_3d: bool) 
     problems: list[Problem] = []
     if not os.path.exists(path):
         return [Problem("error", sid, path, f"{key}: file not found")], None
+    notes: list[str] = []
     try:
-        shape, affine, data = _read_image(path, content)
+        shape, affine, data = _read_image(path, content, notes)
     except _Unreadable as e:
         return [Problem("error", sid, path, f"{key}: {e}")], None
+    for note in notes:
+        if note.startswith("modality:"):
+            if note == "modality:CT":
+                problems.append(Problem("warning", sid, path, f"{key}: a CT series (DICOM Modality CT) given as an "
+                                        "MRI contrast: the bundles' intensity normalisation and pre-training assume MRI"))  # fmt: skip
+        else:
+            problems.append(Problem("warning", sid, path, f"{key}: {note}"))
     if expect_3d and (_suffix(path) in _RASTER or len(shape) < 3 or min(shape[:3]) <= 1):
         return problems + [
             Problem(
@@ -260,6 +317,9 @@ def _check_image(sid: str, key: str, path: str, content: bool, expect_3d: bool) 
         if inf:
             problems.append(Problem("error", sid, path, f"{key}: Inf voxels ({inf} of {data.size})"))
         finite = data[np.isfinite(data)]
+        if finite.size and finite.min() <= -900 and finite.max() >= 1000 and "modality:CT" not in notes:
+            problems.append(Problem("warning", sid, path, f"{key}: intensities from {finite.min():g} to "
+                                    f"{finite.max():g} look like CT Hounsfield units, not an MRI contrast"))  # fmt: skip
         if finite.size == 0 or finite.max() == finite.min():
             value = float(finite.flat[0]) if finite.size else float("nan")
             problems.append(Problem("error", sid, path, f"{key}: empty volume (every voxel is {value:g})"))
@@ -330,6 +390,7 @@ def validate_entries(
             problems += found
             if info:
                 geometry[key] = info
+        problems += _identical_copies(sid, {k: str(entry[k]) for k in present})
         shapes = {k: g["shape"] for k, g in geometry.items()}
         if len(set(shapes.values())) > 1:
             problems.append(Problem("error", sid, None, f"modalities differ in shape: {shapes}"))
