@@ -43,6 +43,9 @@ def test_train_writes_unetr_loadable_model_and_tensorboard(tmp_path, demo_datase
     proc = run_bundle(TRAIN, *tiny(tmp_path, demo_dataset, epochs=2))
     log = proc.stdout + proc.stderr
     assert "loss_pbt" in log and "loss_adv" in log and "loss_d" in log
+    # the first lines say what will happen (common.engines.summary)
+    assert f"training: 3 case(s) from dataset_dir {demo_dataset.parent}" in log and "network: M2MAE, " in log
+    assert "schedule: 2 epoch(s) of 1 iteration(s)" in log and "this run starts fresh" in log
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state)
     unetr = UNETR(in_channels=4, out_channels=3, img_size=32, feature_size=8, hidden_size=48, mlp_dim=96, num_heads=4)
