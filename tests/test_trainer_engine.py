@@ -322,6 +322,7 @@ def test_defaults_train_in_fp32_without_decollation():
     assert trainer.non_blocking is False
     trainer.run()
     assert isinstance(trainer.state.output, dict)  # not decollated into a list of items
+    assert isinstance(trainer.state.batch, dict)  # MONAI's decollation (its default) stays off
 
 
 def test_a_discriminator_returning_its_feature_maps_is_read_at_its_last_output():

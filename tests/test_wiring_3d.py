@@ -264,8 +264,9 @@ class _Linear3D(nn.Module):
 
 @pytest.mark.parametrize("lambda_cons", [0.1, 3.0])
 def test_template_trainer_eq8_by_hand(monkeypatch, lambda_cons):
-    x = torch.ones(1, 2, 2, 2, 2)
-    y = torch.zeros(1, 2, 2, 2, 2)
+    # a batch of two equal samples: every mean below is the one-sample value, and the copies are split correctly
+    x = torch.ones(2, 2, 2, 2, 2)
+    y = torch.zeros(2, 2, 2, 2, 2)
     first = x.clone()
     first[:, 0] = 5.0  # X': channel 0 replaced by its template (value 5)
     second = x.clone()
@@ -297,6 +298,10 @@ def test_template_trainer_eq8_by_hand(monkeypatch, lambda_cons):
     assert trainer.state.output["loss_cons"] == pytest.approx(cons)
     grad = 2 * w * (26 / 2 + 82 / 2) + lambda_cons * 720 * w
     assert net.w.item() == pytest.approx(w - 0.01 * grad, rel=1e-6)
+    # the output: X's prediction (detached), the input and label, the loss as a tensor
+    out = trainer.state.output
+    assert torch.allclose(out["pred"], w * first) and not out["pred"].requires_grad
+    assert torch.equal(out["image"], x) and torch.equal(out["label"], y) and torch.is_tensor(out["loss"])
 
 
 def test_template_trainer_reads_each_channels_own_template_through_the_map():

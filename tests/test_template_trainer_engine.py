@@ -1,0 +1,81 @@
+"""TemplateConsistencyTrainer's wiring beyond Eq. 8 (tests/test_wiring_3d.py): which channels have templates and
+the Algorithm 1 settings reach the copies, the plain supervised step without templates, the paper's defaults, the
+non-finite stop. Written from mutmut's survivors (docs/TESTING.md)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import pytest
+import torch
+import torch.nn as nn
+
+import common.engines.template_trainer as tt
+from common.engines.template_trainer import TemplateConsistencyTrainer
+from common.networks.templates import ModalityTemplates
+
+
+class _Linear3D(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, x, return_features: bool = False):
+        out = self.w * x
+        return (out, 3 * out.mean(dim=(2, 3, 4))) if return_features else out
+
+
+def _trainer(net, templates=None, **kwargs):
+    return TemplateConsistencyTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=[{"image": torch.ones(2, 2, 2, 2, 2), "label": torch.zeros(2, 2, 2, 2, 2)}],
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.01),
+        loss_function=nn.MSELoss(),
+        templates=templates,
+        modalities=["t1", "t2"],
+        decollate=False,
+        **kwargs,
+    )
+
+
+def test_the_papers_defaults():
+    sig = inspect.signature(TemplateConsistencyTrainer.__init__).parameters
+    assert sig["lambda_cons"].default == 0.1 and sig["cube"].default == 8 and sig["mask_ratio"].default == 0.875
+    assert sig["map_key"].default == "canvas_map"
+
+
+def test_template_channels_and_algorithm_1_settings_reach_the_copies(monkeypatch):
+    seen = {}
+
+    def spy(x, templates, available, cube, mask_ratio):
+        seen.update(available=available, cube=cube, mask_ratio=mask_ratio, templates=templates.shape)
+        return x, x
+
+    monkeypatch.setattr(tt, "template_copies", spy)
+    templates = ModalityTemplates(["t1", "t2"], (2, 2, 2)).requires_grad_(False)  # in channel order
+    trainer = _trainer(_Linear3D(), templates, template_modalities=["t2"], cube=4, mask_ratio=0.5)
+    trainer.run()
+    assert seen["available"].dtype == torch.bool and seen["available"].tolist() == [False, True]  # only t2 has one
+    assert seen["cube"] == 4 and seen["mask_ratio"] == 0.5 and seen["templates"] == (2, 2, 2, 2, 2)
+
+
+def test_without_templates_it_is_a_plain_supervised_step(caplog):
+    net = _Linear3D()
+    with caplog.at_level(logging.INFO):
+        trainer = _trainer(net)
+    assert "template augmentation off: plain supervised fine-tuning" in caplog.text
+    trainer.run()
+    # loss = mean((w x - 0)^2) = w^2 = 4; d/dw = 2 w = 4; SGD: 2 - 0.01 * 4
+    assert trainer.state.output["loss"].item() == pytest.approx(4.0)
+    assert net.w.item() == pytest.approx(2.0 - 0.04) and "loss_cons" not in trainer.state.output
+
+
+def test_a_non_finite_loss_stops_naming_both_terms(monkeypatch):
+    monkeypatch.setattr(tt, "template_copies", lambda x, *a, **k: (x * float("nan"), x))
+    trainer = _trainer(_Linear3D(), ModalityTemplates(["t1", "t2"], (2, 2, 2)), template_modalities=["t1", "t2"])
+    with pytest.raises(FloatingPointError) as err:
+        trainer.run()
+    assert str(err.value) == "non-finite loss at epoch 1, iteration 1: supervised nan, consistency nan"
