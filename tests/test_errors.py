@@ -92,3 +92,40 @@ def test_the_unhelpful_plugin_warning_is_silenced(recwarn):
     warnings.warn("NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register successfully.", UserWarning)
     warnings.warn("something the user can act on", UserWarning)
     assert [str(w.message) for w in recwarn] == ["something the user can act on"]
+
+
+@pytest.mark.parametrize("value", ["1", "TRUE", "yes", "Yes"])
+def test_debug_switch_spellings(monkeypatch, value):
+    monkeypatch.setenv("MMPT_DEBUG", value)
+    sentinel = object()
+    monkeypatch.setattr(sys, "excepthook", sentinel)
+    errors.readable_errors()
+    assert sys.excepthook is sentinel
+
+
+def test_without_the_switch_the_hook_is_installed(monkeypatch):
+    monkeypatch.delenv("MMPT_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    errors.readable_errors()
+    assert sys.excepthook._mmpt
+
+
+def test_other_errors_reach_the_previous_hook_unchanged(monkeypatch):
+    exc = KeyError("image")
+    _, calls = _hook_output(monkeypatch, exc)
+    assert calls == [(KeyError, exc, exc.__traceback__)]
+
+
+def test_the_chain_is_followed_through_context_and_survives_cycles():
+    inner = ResumeRefused("stop")
+    outer = RuntimeError("while handling")
+    outer.__context__ = inner  # no __cause__: raised inside an except block
+    assert errors.find_user_error(outer) is inner
+    a, b = RuntimeError("a"), RuntimeError("b")
+    a.__context__, b.__context__ = b, a  # a cycle without a user error ends
+    assert errors.find_user_error(a) is None
+
+
+def test_an_unimportable_entry_is_skipped_not_the_rest(monkeypatch):
+    monkeypatch.setattr(errors, "USER_ERRORS", ("no.such.module.Error", "common.engines.contract.ContractError"))
+    assert errors.user_error_types() == (ContractError,)
