@@ -235,9 +235,12 @@ def test_demo_knobs_leave_the_paper_defaults_to_real_data():
     assert {k: real.get_parsed_content(k) for k in paper} == paper
     demo = parser_for(TRAIN)
     assert demo.get_parsed_content("demo_data") is True
-    # the demo encoder is the one the mrm downstream demos build (image 96, ViT width 192, 6 blocks, 3 heads)
-    demo_values = {k: demo.get_parsed_content(k) for k in ("image_size", "hidden_size", "num_layers", "num_heads")}
-    assert demo_values == {"image_size": 96, "hidden_size": 192, "num_layers": 6, "num_heads": 3}
+    # the demo encoder fits every mrm downstream demo: image 96, ViT width 192, MLP 768, 3 heads, and 12 blocks
+    # (UNETR's fixed depth, for mrm_palm; the 6-block classifiers load the first six)
+    keys = ("image_size", "hidden_size", "mlp_dim", "num_layers", "num_heads", "patch_size")
+    demo_values = {k: demo.get_parsed_content(k) for k in keys}
+    assert demo_values == {"image_size": 96, "hidden_size": 192, "mlp_dim": 768, "num_layers": 12, "num_heads": 3,
+                           "patch_size": 16}  # fmt: skip
     for k in ("learning_rate", "tau_image", "tau_genome", "lam", "masked_blocks", "match_samples"):
         assert demo.get_parsed_content(k) == paper[k]  # the method's settings are never changed by the demo
 
@@ -330,7 +333,9 @@ def test_paired_run_logs_every_term_and_writes_the_model(paired_run, demo):
     assert not any(k.startswith("module.") for k in state)
     assert any(k.startswith("vit.blocks.") for k in state) and any(k.startswith("genome_encoder.") for k in state)
     contract = state["input_contract"]
-    assert contract["modalities"] == ["rgb"] and contract["crop_size"] == [32, 32] and contract["patch_size"] == [16, 16]
+    assert (
+        contract["modalities"] == ["rgb"] and contract["crop_size"] == [32, 32] and contract["patch_size"] == [16, 16]
+    )
     stats = contract["genetics"]
     assert stats["num_train"] == 8 and len(stats["features"]) == len(stats["fill"]) == len(stats["std"]) == 20
     assert all(math.isfinite(v) for v in stats["fill"])
@@ -354,6 +359,7 @@ def test_the_checkpoint_loads_into_the_downstream_vit_with_no_missing_keys(paire
     out, _ = paired_run
     for net in (
         TransferViT2D(num_outputs=5, num_layers=12, **ENCODER),
+        TransferViT2D(num_outputs=5, num_layers=6, **ENCODER),  # a shallower classifier takes the first six blocks
         transfer_unetr_2d(in_channels=3, out_channels=2, feature_size=8, **ENCODER),
     ):
         own = [k for k in net.state_dict() if k.startswith("vit.")]

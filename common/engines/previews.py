@@ -224,7 +224,9 @@ class GenomeReconstructionPlot:
             self._writer = SummaryWriter(self.log_dir)
         target, pred = out[self.target_key], out[self.pred_key]
         self._writer.add_image(f"{self.tag}/error", genome_error_figure(target, pred), engine.state.epoch)
-        self._writer.add_scalar(f"{self.tag}/mean_error", float(per_feature_error(target, pred).mean()), engine.state.epoch)
+        self._writer.add_scalar(
+            f"{self.tag}/mean_error", float(per_feature_error(target, pred).mean()), engine.state.epoch
+        )
         self._writer.flush()
 
     def close(self, engine: Engine | None = None) -> None:
