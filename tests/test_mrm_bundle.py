@@ -295,6 +295,22 @@ def test_single_modality_builds_no_genome_branch(demo):
     assert parser.get_parsed_content("contract")["genetics"] is None
 
 
+def test_mae_weights_knob_loads_a_timm_vit_into_the_image_encoder(demo, tmp_path):
+    from test_vit_import import timm_state
+
+    source = timm_state(grid=2, depth=12)  # timm / MAE layout, width 48, MLP 96, qkv bias
+    torch.save(source, tmp_path / "mae_vit.pth")
+    parser = tiny_parser(demo, qkv_bias=True, mae_weights=str(tmp_path / "mae_vit.pth"))
+    parser.get_parsed_content("initialize")
+    vit = parser.get_parsed_content("network").vit.state_dict()
+    assert torch.equal(vit["blocks.11.attn.qkv.bias"], source["blocks.11.attn.qkv.bias"])
+    assert torch.equal(vit["blocks.3.attn.out_proj.weight"], source["blocks.3.attn.proj.weight"])
+    assert torch.equal(vit["patch_embedding.position_embeddings"], source["pos_embed"][:, 1:])  # class slot dropped
+    untouched = tiny_parser(demo, qkv_bias=True)
+    untouched.get_parsed_content("initialize")
+    assert not torch.equal(untouched.get_parsed_content("network").vit.state_dict()["norm.bias"], source["norm.bias"])
+
+
 def test_multi_gpu_override_drops_exactly_the_logging_handlers_on_other_ranks():
     handlers = json.loads((REPO / TRAIN).read_text())["train"]["handlers"]
     multi = json.loads((REPO / MULTI_GPU).read_text())
