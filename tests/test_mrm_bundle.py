@@ -220,6 +220,27 @@ def test_genome_error_figure_is_an_rgb_picture():
     assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0 and float(img.std()) > 0.01
 
 
+def test_genome_plot_handler_writes_the_figure_and_the_mean_error(tmp_path):
+    from types import SimpleNamespace
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from common.engines.previews import GenomeReconstructionPlot
+
+    plot = GenomeReconstructionPlot(str(tmp_path), tag="g")
+    target = torch.tensor([[0.0, 1.0, -1.0], [2.0, 1.0, 3.0]])
+    pred = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 3.0]])
+    plot(SimpleNamespace(state=SimpleNamespace(output={"image": target}, epoch=1)))  # single-modality: nothing
+    assert plot._writer is None
+    plot(SimpleNamespace(state=SimpleNamespace(output={"genetics": target, "pred_genetics": pred}, epoch=3)))
+    plot.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert events.Tags()["images"] == ["g/error"] and [e.step for e in events.Images("g/error")] == [3]
+    (value,) = events.Scalars("g/mean_error")
+    assert value.step == 3 and value.value == pytest.approx((2.5 + 0.5 + 2.0) / 3)  # features' errors, by hand
+
+
 # ------------------------------------------------------------------------------------------------ config wiring
 
 
