@@ -212,6 +212,17 @@ def test_per_feature_error_by_hand():
         per_feature_error(target, pred[:1])
 
 
+def test_reconstruction_correlation_by_hand():
+    from common.engines.previews import reconstruction_correlation
+
+    # t = [1, 2, 3] (centred -1, 0, 1), p = [2, 4, 7] (centred -7/3, -1/3, 8/3): r = 5 / sqrt(2 * 38/3)
+    r = reconstruction_correlation(torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([[2.0], [4.0], [7.0]]))
+    assert r == pytest.approx(5 / math.sqrt(2 * 38 / 3))
+    assert reconstruction_correlation(torch.tensor([[1.0, -1.0]]), torch.tensor([[-3.0, 3.0]])) == pytest.approx(-1)
+    assert math.isnan(reconstruction_correlation(torch.ones(2, 2), torch.randn(2, 2)))
+    assert reconstruction_correlation(torch.tensor([[0.1, 0.2]]), torch.tensor([[0.1, 0.3]])) == pytest.approx(1)
+
+
 def test_genome_error_figure_is_an_rgb_picture():
     from common.engines.previews import genome_error_figure
 
@@ -223,22 +234,41 @@ def test_genome_error_figure_is_an_rgb_picture():
 def test_genome_plot_handler_writes_the_figure_and_the_mean_error(tmp_path):
     from types import SimpleNamespace
 
+    from ignite.engine import Engine
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from common.engines.previews import GenomeReconstructionPlot
 
-    plot = GenomeReconstructionPlot(str(tmp_path), tag="g")
     target = torch.tensor([[0.0, 1.0, -1.0], [2.0, 1.0, 3.0]])
     pred = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 3.0]])
-    plot(SimpleNamespace(state=SimpleNamespace(output={"image": target}, epoch=1)))  # single-modality: nothing
+    plot = GenomeReconstructionPlot(str(tmp_path / "none"))
+    for partial in ({"image": target}, {"genetics": target}, {"pred_genetics": pred}):  # e.g. single-modality
+        plot(SimpleNamespace(state=SimpleNamespace(output=partial, epoch=1)))
     assert plot._writer is None
-    plot(SimpleNamespace(state=SimpleNamespace(output={"genetics": target, "pred_genetics": pred}, epoch=3)))
-    plot.close()
+    plot = GenomeReconstructionPlot(str(tmp_path))
+    engine = Engine(lambda e, batch: {"genetics": target, "pred_genetics": pred})
+    plot.attach(engine)
+    engine.run([0], max_epochs=2)  # attached: one plot per epoch, the writer closed at the end
+    assert plot._writer is None
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
-    assert events.Tags()["images"] == ["g/error"] and [e.step for e in events.Images("g/error")] == [3]
-    (value,) = events.Scalars("g/mean_error")
-    assert value.step == 3 and value.value == pytest.approx((2.5 + 0.5 + 2.0) / 3)  # features' errors, by hand
+    assert events.Tags()["images"] == ["genome_reconstruction/error"]
+    assert [e.step for e in events.Images("genome_reconstruction/error")] == [1, 2]
+    values = events.Scalars("genome_reconstruction/mean_error")
+    assert [v.step for v in values] == [1, 2]
+    assert values[0].value == pytest.approx((2.5 + 0.5 + 2.0) / 3)  # mean of the features' errors, by hand
+
+
+def test_sample_relation_floors_tiny_norms_at_its_eps():
+    """The cosine relation of the matching losses (Eq. 8, 9, 11): a feature of norm 1e-10 is divided by eps = 1e-8,
+    not normalised to unit length (a near-zero pooled feature carries no relation)."""
+    from common.losses.mrm import sample_relation
+
+    a = torch.tensor([[1e-10, 0.0], [3.0, 4.0]])
+    b = torch.tensor([[1.0, 0.0], [0.0, 2e-10]])
+    # by hand: rows / max(norm, 1e-8): [1e-2, 0], [0.6, 0.8]; columns: [1, 0], [0, 2e-2]
+    expected = torch.tensor([[1e-2, 0.0], [0.6, 0.8 * 2e-2]])
+    assert torch.allclose(sample_relation(a, b), expected, atol=1e-7)
 
 
 # ------------------------------------------------------------------------------------------------ config wiring
