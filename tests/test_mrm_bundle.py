@@ -497,3 +497,18 @@ def test_multi_gpu_config_runs_ddp_on_two_cpu_processes(demo, tmp_path):
     assert not any(k.startswith("module.") for k in state)  # DDP unwrapped before saving
     assert "DDP replicas identical after iteration" in log and "tensors of 'network' on 2 ranks" in log
     assert log.count("Epoch: 1/1, Iter: 1/") == 1  # only rank 0 logs
+
+
+def test_benchmark_parts_run_one_training_step_and_the_masked_attention():
+    from common.networks.mrm import mrm_step_parts, mrm_tiny
+
+    torch.manual_seed(0)
+    net = mrm_tiny(20)
+    parts = mrm_step_parts(net, batch=2)
+    assert sorted(parts) == ["fused", "masking", "plain_vit", "step"]
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    parts["step"]()  # forward of both branches, every loss, backward, AdamW step over both parameter groups
+    changed = {k.split(".")[0] for k, v in net.state_dict().items() if not torch.equal(v, before[k])}
+    assert {"vit", "image_decoder", "genome_encoder", "genome_decoder", "image_cross", "genome_cross"} <= changed
+    for name in ("plain_vit", "masking", "fused"):
+        parts[name]()
