@@ -279,6 +279,26 @@ def _brainmvp_downstream(task: str) -> Callable[..., Case]:
     return build
 
 
+def _mrm(num_snps: int) -> Callable[..., Case]:
+    """MRM pre-training step (``common.networks.mrm.mrm_step_parts``: both branches, both decoders, every loss,
+    backward, AdamW over the two parameter groups); masking = the explicit top-tau attention of the two masked
+    blocks. Paper shape: batch 8 of 3x224x224, ViT-B/16, genetics of ``num_snps`` features."""
+
+    def build(shape: str, batch: int | None = None, edge: int | None = None, channels_last: bool = False) -> Case:
+        from common.networks.mrm import mrm_step_parts, mrm_tiny, mrm_vit_base_patch16
+
+        paper = shape == "paper"
+        b = batch or (8 if paper else 2)
+        e = edge or (224 if paper else 32)
+        g = num_snps if paper else min(num_snps, 1000)
+        net = mrm_vit_base_patch16(g, img_size=e) if paper else mrm_tiny(g, img_size=e)
+        parts = mrm_step_parts(net.train(), b)
+        label = f"{b}x3x{e}^2 ViT-{'B' if paper else 'tiny'}/16, G={g:,}"
+        return Case(f"mrm_g{num_snps // 1000}k", _label(label, channels_last), b, parts["step"], parts["masking"])
+
+    return build
+
+
 CASES: dict[str, Callable[..., Case]] = {
     "m2mae": _m2mae,
     "m2mae_seg": _m2mae_seg,
@@ -289,6 +309,8 @@ CASES: dict[str, Callable[..., Case]] = {
     "m2mae_cls_finetune": _m2mae_cls(linear_probe=False),
     "brainmvp_seg": _brainmvp_downstream("seg"),
     "brainmvp_cls": _brainmvp_downstream("cls"),
+    "mrm_g1k": _mrm(1_000),
+    "mrm_g100k": _mrm(100_000),
 }
 
 

@@ -1,8 +1,10 @@
-"""TensorBoard previews of 3D volumes as 2D mid-slice grids.
+"""TensorBoard previews of 3D volumes as 2D mid-slice grids, of 2D colour images side by side, and of genetics
+reconstructions as a plot.
 
 Why not MONAI's ``TensorBoardImageHandler``: it shows one image, one label and one prediction, each channel as
 an animated GIF. Pre-training wants the original, the masked input and the reconstruction of every modality side
-by side in one still picture, every few epochs, cheaply.
+by side in one still picture, every few epochs, cheaply. A reconstructed genetics vector is no picture at all:
+:class:`GenomeReconstructionPlot` draws its per-feature error and a true-vs-reconstructed scatter (matplotlib).
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ import torch
 from ignite.engine import Engine, Events
 from torch.utils.tensorboard import SummaryWriter
 
-__all__ = ["mid_slice_grid", "rgb_row", "SliceGridPreview"]
+__all__ = [
+    "mid_slice_grid",
+    "rgb_row",
+    "SliceGridPreview",
+    "TemplatePreview",
+    "per_feature_error",
+    "reconstruction_correlation",
+    "genome_error_figure",
+    "GenomeReconstructionPlot",
+]
 
 
 def rgb_row(images: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -131,3 +142,107 @@ class TemplatePreview:
         if not (is_initialized() and get_rank() > 0):
             self.templates.to_nifti(self.out_dir)
         self.writer.close()
+
+
+def per_feature_error(target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """Mean squared reconstruction error of each feature over the batch: ``[B, G]`` x2 -> ``[G]``.
+
+    Example::
+
+        >>> per_feature_error(torch.tensor([[0.0, 1.0], [2.0, 1.0]]), torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+        tensor([2.5000, 0.5000])
+    """
+    if target.shape != pred.shape or target.ndim != 2:
+        raise ValueError(f"expected two [B, G] tensors, got {list(target.shape)} and {list(pred.shape)}")
+    return (pred.detach().float() - target.detach().float()).pow(2).mean(0)  # [G]
+
+
+def reconstruction_correlation(target: torch.Tensor, pred: torch.Tensor) -> float:
+    """Pearson's r between all reconstructed and all true values (NaN when either side is constant).
+
+    Example: ``reconstruction_correlation(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[2.0, 4.0, 7.0]]))``
+    (0.9934).
+    """
+    t, p = target.detach().double().flatten(), pred.detach().double().flatten()
+    t, p = t - t.mean(), p - p.mean()
+    denominator = (t.pow(2).sum() * p.pow(2).sum()).sqrt()
+    return float((t * p).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def genome_error_figure(target: torch.Tensor, pred: torch.Tensor, max_points: int = 5000) -> torch.Tensor:
+    """A picture ``[3, H, W]`` (floats in [0, 1]) of a genetics reconstruction: left, the per-feature squared error
+    over the batch (:func:`per_feature_error`, features in file order, with its mean); right, reconstructed against
+    true (standardised) values of every sample and feature (at most ``max_points``, evenly subsampled, for the
+    scatter only), with Pearson's r over all values (:func:`reconstruction_correlation`) and the identity line. Drawn with matplotlib's Agg backend (no display needed).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    err = per_feature_error(target, pred).cpu().numpy()
+    t, p = target.detach().float().flatten().cpu().numpy(), pred.detach().float().flatten().cpu().numpy()
+    step = max(1, t.size // max_points)
+    t, p = t[::step], p[::step]
+    r = reconstruction_correlation(target, pred)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3), dpi=80)
+    a.plot(np.arange(err.size), err, lw=0.8)
+    a.axhline(float(err.mean()), color="k", ls="--", lw=0.8)
+    a.set(xlabel="feature", ylabel="squared error (batch mean)", title=f"mean {err.mean():.3f}")
+    b.scatter(t, p, s=2, alpha=0.4)
+    lim = [float(min(t.min(), p.min())), float(max(t.max(), p.max()))]
+    b.plot(lim, lim, color="k", lw=0.8)
+    b.set(xlabel="true (standardised)", ylabel="reconstructed", title=f"r = {r:.3f}")
+    fig.tight_layout()
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())  # [H, W, 4] uint8
+    plt.close(fig)
+    return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).float() / 255.0  # [3, H, W]
+
+
+class GenomeReconstructionPlot:
+    """Every ``interval`` epochs, write :func:`genome_error_figure` of the last batch to TensorBoard (image
+    ``<tag>/error``) and its mean per-feature error as the scalar ``<tag>/mean_error``.
+
+    Args:
+        log_dir: TensorBoard folder.
+        target_key, pred_key: entries of ``engine.state.output`` (``[B, G]``); when absent (single-modality
+            training) nothing is written.
+        tag: TensorBoard tag prefix.
+        interval: epochs between plots.
+    """
+
+    def __init__(
+        self,
+        log_dir: str,
+        target_key: str = "genetics",
+        pred_key: str = "pred_genetics",
+        tag: str = "genome_reconstruction",
+        interval: int = 1,
+    ) -> None:
+        self.log_dir, self.target_key, self.pred_key = log_dir, target_key, pred_key
+        self.tag, self.interval = tag, interval
+        self._writer: SummaryWriter | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.COMPLETED, self.close)
+
+    def __call__(self, engine: Engine) -> None:
+        out: Any = engine.state.output
+        if not isinstance(out, dict) or self.target_key not in out or self.pred_key not in out:
+            return
+        if self._writer is None:
+            self._writer = SummaryWriter(self.log_dir)
+        target, pred = out[self.target_key], out[self.pred_key]
+        self._writer.add_image(f"{self.tag}/error", genome_error_figure(target, pred), engine.state.epoch)
+        self._writer.add_scalar(
+            f"{self.tag}/mean_error", float(per_feature_error(target, pred).mean()), engine.state.epoch
+        )
+        self._writer.flush()
+
+    def close(self, engine: Engine | None = None) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -30,7 +30,7 @@ weighted sum is Eq. 14. The image encoder is ``self.vit``, built by :func:`commo
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -53,6 +53,7 @@ __all__ = [
     "parameter_groups",
     "mrm_vit_base_patch16",
     "mrm_tiny",
+    "mrm_step_parts",
     "mrm_step_benchmark",
 ]
 
@@ -406,58 +407,23 @@ def mrm_tiny(num_genetic_features: int | None = 100, img_size: int = 32, **kwarg
     return MRM(num_genetic_features, 3, img_size, 16, **{**size, **kwargs})
 
 
-def mrm_step_benchmark(
-    num_genetic_features: int | None = 1000,
-    batch: int = 8,
-    repeats: int = 2,
-    net: MRM | None = None,
-    device: str = "cpu",
-    clock: str = "wall",
-) -> dict[str, float]:
-    """Time the full MRM training step against two plain ViT forward+backward passes, at one shape.
+def mrm_step_parts(net: MRM, batch: int = 8, device: str = "cpu") -> dict[str, Callable[[], None]]:
+    """The callables :func:`mrm_step_benchmark` times (and ``tools/benchmark.py`` runs), on one random batch.
 
-    Seconds (best of ``repeats`` after one warm-up) of: ``step``, the full training step (both branches, both
-    decoders, every loss, backward, AdamW step over the two parameter groups); ``plain_vit``, one full-token
-    forward + backward of the same ViT alone (mean-token loss, no optimiser); ``masking``, forward + backward of
-    the explicit relation-masked attention of the masked blocks (softmax, top-tau, ``R^M V``) on their real q/k/v
-    shapes, and ``fused``, the same with PyTorch's fused attention (what the intact blocks pay). For
-    ``tools/benchmark.py``; never called by tests.
+    ``step``: the full training step (both branches, both decoders, every loss, backward, AdamW step over the two
+    parameter groups); ``plain_vit``: one full-token forward + backward of the same ViT alone (mean-token loss, no
+    optimiser); ``masking``: forward + backward of the explicit relation-masked attention of the masked blocks
+    (softmax, top-tau, ``R^M V``) on their real q/k/v shapes; ``fused``: the same with PyTorch's fused attention
+    (what the intact blocks pay).
 
-    Args:
-        num_genetic_features: G (``None``: single-modality).
-        batch: images per step (paper shape: 8 of 3x224x224).
-        repeats: timed steps.
-        net: the network to time (default: :func:`mrm_vit_base_patch16`).
-        device: where to run.
-        clock: ``"wall"`` (``time.perf_counter``) or ``"process"`` (``time.process_time``: CPU seconds of this
-            process, all threads summed; on a machine shared with other jobs the ratios stay meaningful).
-
-    Returns:
-        the times, ``step_over_two_vit`` (target <= 1.3) and ``masking_share`` = masking / step (target < 0.1).
+    Example: ``parts = mrm_step_parts(mrm_tiny(), batch=2); parts["step"]()``.
     """
     from common.networks.relation_attention import relation_masked_attention
 
-    net = (net or mrm_vit_base_patch16(num_genetic_features)).to(device)
+    net = net.to(device)
     opt = torch.optim.AdamW(parameter_groups(net))
     x = torch.randn(batch, net.in_channels, *net.img_size, device=device)
     g = torch.randn(batch, net.num_genetic_features, device=device) if net.multimodal else None
-
-    if clock not in ("wall", "process"):
-        raise ValueError(f"clock must be 'wall' or 'process', got {clock!r}")
-    now = time.perf_counter if clock == "wall" else time.process_time
-
-    def timed(fn) -> float:
-        t = now()
-        fn()
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-        return now() - t
-
-    def best(*fns) -> list[float]:
-        """Interleaved (one of each per round, so a busy machine slows all alike), best of ``repeats`` after a
-        warm-up round."""
-        rounds = [[timed(fn) for fn in fns] for _ in range(repeats + 1)][1:]
-        return [min(r[i] for r in rounds) for i in range(len(fns))]
 
     def step() -> None:
         out = net(x, g)
@@ -492,7 +458,53 @@ def mrm_step_benchmark(
                     out = nn.functional.scaled_dot_product_attention(q, k, v)
                 out.sum().backward()
 
-    t_step, t_plain, t_mask, t_fused = best(step, plain, lambda: attention(True), lambda: attention(False))
+    return {"step": step, "plain_vit": plain, "masking": lambda: attention(True), "fused": lambda: attention(False)}
+
+
+def mrm_step_benchmark(
+    num_genetic_features: int | None = 1000,
+    batch: int = 8,
+    repeats: int = 2,
+    net: MRM | None = None,
+    device: str = "cpu",
+    clock: str = "wall",
+) -> dict[str, float]:
+    """Time the full MRM training step against two plain ViT forward+backward passes, at one shape.
+
+    Seconds (best of ``repeats`` after one warm-up) of the parts of :func:`mrm_step_parts`: ``step``, ``plain_vit``,
+    ``masking`` and ``fused``. For ``tools/benchmark.py``; never called by tests.
+
+    Args:
+        num_genetic_features: G (``None``: single-modality).
+        batch: images per step (paper shape: 8 of 3x224x224).
+        repeats: timed steps.
+        net: the network to time (default: :func:`mrm_vit_base_patch16`).
+        device: where to run.
+        clock: ``"wall"`` (``time.perf_counter``) or ``"process"`` (``time.process_time``: CPU seconds of this
+            process, all threads summed; on a machine shared with other jobs the ratios stay meaningful).
+
+    Returns:
+        the times, ``step_over_two_vit`` (target <= 1.3) and ``masking_share`` = masking / step (target < 0.1).
+    """
+    if clock not in ("wall", "process"):
+        raise ValueError(f"clock must be 'wall' or 'process', got {clock!r}")
+    now = time.perf_counter if clock == "wall" else time.process_time
+    parts = mrm_step_parts(net or mrm_vit_base_patch16(num_genetic_features), batch, device)
+
+    def timed(fn) -> float:
+        t = now()
+        fn()
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        return now() - t
+
+    def best(*fns) -> list[float]:
+        """Interleaved (one of each per round, so a busy machine slows all alike), best of ``repeats`` after a
+        warm-up round."""
+        rounds = [[timed(fn) for fn in fns] for _ in range(repeats + 1)][1:]
+        return [min(r[i] for r in rounds) for i in range(len(fns))]
+
+    t_step, t_plain, t_mask, t_fused = best(parts["step"], parts["plain_vit"], parts["masking"], parts["fused"])
     return {
         "step": t_step,
         "plain_vit": t_plain,
