@@ -370,7 +370,9 @@ def test_multi_gpu_override_drops_exactly_the_logging_handlers_on_other_ranks():
     assert [h["_target_"].rsplit(".", 1)[-1] for h in handlers[-4:]] == [
         "StatsHandler", "TensorBoardStatsHandler", "SliceGridPreview", "GenomeReconstructionPlot",
     ]  # fmt: skip
-    assert [h["_target_"].rsplit(".", 1)[-1] for h in handlers[:-4]] == ["LrScheduleHandler", "ResumableCheckpoint"]
+    assert [h["_target_"].rsplit(".", 1)[-1] for h in handlers[:-4]] == [
+        "LearningRateState", "LrScheduleHandler", "ResumableCheckpoint",
+    ]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------- through the real runner
