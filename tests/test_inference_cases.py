@@ -111,3 +111,34 @@ def test_name_by_subject_sets_the_file_name_savers_read():
     assert out["pred"].meta["filename_or_obj"] == "S1.nii.gz"
     with pytest.raises(KeyError, match="no 'output_name'"):
         NameBySubjectd("pred")({"pred": MetaTensor(np.zeros(1))})
+
+
+def test_a_scanned_folder_gets_a_fixed_holdout_split(tmp_path):
+    from common.data.datalist import resolve_datalist
+
+    for s in [f"BraTS_{i:03d}" for i in range(10)]:
+        _study(tmp_path / "brats" / s, names="{s}_{m}.nii.gz")
+    root = str(tmp_path / "brats")
+    train = resolve_datalist(root, split="training", holdout=0.2)
+    val = resolve_datalist(root, split="validation", holdout=0.2)
+    assert len(train) == 8 and len(val) == 2
+    assert {e["subject_id"] for e in train} | {e["subject_id"] for e in val} == {f"BraTS_{i:03d}" for i in range(10)}
+    assert [e["subject_id"] for e in resolve_datalist(root, split="validation", holdout=0.2)] == [
+        e["subject_id"] for e in val
+    ]
+    other = resolve_datalist(root, split="validation", holdout=0.2, seed=1)
+    assert {e["subject_id"] for e in other} != {e["subject_id"] for e in val}  # the seed draws another split
+    assert len(resolve_datalist(root, split="training")) == 10 and resolve_datalist(root, split="validation") == []
+
+
+def test_an_evaluation_with_nothing_to_evaluate_stops(tmp_path, caplog):
+    from common.data.inference import require_cases
+
+    (tmp_path / "brats" / "S1").mkdir(parents=True)
+    with pytest.raises(
+        DataValidationError, match="nothing to do: dataset_dir .* no cases in split 'validation' .*--holdout"
+    ):
+        require_cases([], dataset_dir=str(tmp_path / "brats"))
+    with caplog.at_level(logging.INFO):
+        require_cases([{"subject_id": "a"}], datalist="dl.json")
+    assert "evaluation: 1 case(s) from datalist dl.json, split 'validation'" in caplog.text

@@ -26,6 +26,7 @@ __all__ = [
     "BRATS_SUFFIXES",
     "PICAI_SEQUENCES",
     "resolve_datalist",
+    "holdout_split",
     "scan_brats_folder",
     "scan_picai_folder",
     "is_picai_folder",
@@ -143,6 +144,8 @@ def resolve_datalist(
     with_label: bool = False,
     demo: dict | None = None,
     label_key: str = "label",
+    holdout: float = 0.0,
+    seed: int = 0,
 ) -> list[dict]:
     """Data dicts for ``split`` from a datalist, a dataset folder, or the embedded demo set.
 
@@ -150,14 +153,18 @@ def resolve_datalist(
         dataset_dir: folder with a ``datalist.json`` or in BraTS layout; ``None``/``""`` for the demo set.
         datalist: decathlon-style JSON (paths relative to it, or to ``dataset_dir`` when that is given too).
         modalities: modality keys, in channel order.
-        split: list to read from a JSON (``training``, ``validation``, ``testing``). A scanned BraTS folder has
-            no splits: every subject is returned for ``training`` and none for other splits.
+        split: list to read from a JSON (``training``, ``validation``, ``testing``). A scanned folder (BraTS or
+            PI-CAI layout) has no splits: every subject is ``training`` and none is anything else, unless
+            ``holdout`` is set.
+        holdout, seed: for a scanned folder, the share of subjects held out as ``validation`` (the rest are
+            ``training``): a fixed split, drawn once from the sorted subject ids with ``seed``, so every run and
+            the evaluation of a finished run see the same subjects in each split. Datalists keep their own splits.
         with_label: a scanned folder must also hold ``<subject>_seg.nii.gz``.
         demo: keyword arguments of ``common.data.demo.demo_datalist`` for the demo set (e.g. ``num_cases``).
         label_key: the entry field holding this task's label, copied to ``label`` (e.g. ``class_label`` for the
             demo set's tumour grade, whose ``label`` is the segmentation).
     """
-    entries = _resolve(dataset_dir, datalist, modalities, split, with_label, demo)
+    entries = _resolve(dataset_dir, datalist, modalities, split, with_label, demo, holdout, seed)
     if label_key != "label":
         entries = [{**e, "label": e[label_key]} if label_key in e else e for e in entries]
     return entries
@@ -220,18 +227,36 @@ def scan_picai_folder(
     return [_normalise_entry(e, modalities, root, ("label",), i, str(root)) for i, e in enumerate(entries)]
 
 
-def _resolve(dataset_dir, datalist, modalities, split, with_label, demo) -> list[dict]:
+def holdout_split(entries: Sequence[dict], split: str, holdout: float, seed: int = 0) -> list[dict]:
+    """The ``training`` or ``validation`` part of a fixed split of ``entries`` (see :func:`resolve_datalist`)."""
+    import numpy as np
+
+    if split not in ("training", "validation"):
+        return []
+    if holdout <= 0:
+        return list(entries) if split == "training" else []
+    ids = sorted(str(e["subject_id"]) for e in entries)
+    if len(ids) < 2:
+        raise ValueError(f"{len(ids)} subject(s): a training/validation split needs at least 2")
+    count = min(len(ids) - 1, max(1, round(holdout * len(ids))))
+    held = {ids[i] for i in np.random.default_rng(seed).permutation(len(ids))[:count]}
+    return [e for e in entries if (str(e["subject_id"]) in held) == (split == "validation")]
+
+
+def _resolve(dataset_dir, datalist, modalities, split, with_label, demo, holdout=0.0, seed=0) -> list[dict]:
     if datalist:
         return load_datalist_json(datalist, split, modalities, base_dir=dataset_dir or None)
     if dataset_dir:
         candidate = Path(dataset_dir) / "datalist.json"
         if candidate.is_file():
             return load_datalist_json(candidate, split, modalities)
-        if split != "training":
+        if split not in ("training", "validation") or (split == "validation" and holdout <= 0):
             return []
         if is_picai_folder(dataset_dir):
-            return scan_picai_folder(dataset_dir, modalities, with_label=with_label)
-        return scan_brats_folder(dataset_dir, modalities, with_label)
+            scanned = scan_picai_folder(dataset_dir, modalities, with_label=with_label)
+        else:
+            scanned = scan_brats_folder(dataset_dir, modalities, with_label)
+        return holdout_split(scanned, split, holdout, seed)
     from common.data.demo import demo_datalist  # builds on first use only
 
     return load_datalist_json(demo_datalist(**(demo or {})), split, modalities)

@@ -207,3 +207,29 @@ def _channel_problems(entries: Sequence[dict], channels: int, modalities: list[s
                 )  # fmt: skip
             )
     return problems
+
+
+def require_cases(
+    data: Sequence[dict],
+    what: str = "evaluation",
+    dataset_dir: str | None = None,
+    datalist: str | None = None,
+    split: str = "validation",
+) -> None:
+    """Say how many cases a run uses and from where; stop (``DataValidationError``) when there are none.
+
+    For a config's ``initialize``, e.g. in ``evaluate.json``::
+
+        {"_target_": "common.data.inference.require_cases", "data": "@validate#dataset#data",
+         "dataset_dir": "@dataset_dir", "datalist": "@datalist"}
+    """
+    source = _source(dataset_dir, datalist, None)
+    if not data:
+        hint = (
+            " (a scanned folder has no splits: set --holdout, e.g. 0.2, for a validation share, or give a datalist)"
+            if dataset_dir and not datalist and not (Path(dataset_dir) / "datalist.json").is_file()
+            else ""
+        )
+        raise DataValidationError([Problem("error", what, None, f"nothing to do: {source} has no cases in split "
+                                           f"'{split}'{hint}")])  # fmt: skip
+    logger.info(f"{what}: {len(data)} case(s) from {source}, split '{split}'")
