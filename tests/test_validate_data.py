@@ -282,9 +282,33 @@ def test_datalist_json_and_cli_exit_codes(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"training": [bad]}))
     tool = [sys.executable, str(REPO / "tools" / "validate_data.py"), "--image_keys", "['t1','t2']"]
     ok = subprocess.run([*tool, "--datalist", str(tmp_path / "ok.json")], capture_output=True, text=True)
-    assert ok.returncode == 0 and "0 errors, 0 warnings" in ok.stdout
+    assert ok.returncode == 0 and "1 subjects checked: 0 errors, 0 warnings (0 subjects affected)" in ok.stdout
     ko = subprocess.run([*tool, "--datalist", str(tmp_path / "bad.json")], capture_output=True, text=True)
     assert ko.returncode == 1 and "missing.nii.gz: t2: file not found" in ko.stdout and "1 errors" in ko.stdout
+
+
+def test_the_cli_applies_a_bundles_own_rules(tmp_path):
+    """brainmvp takes any subset of contrasts (at least two): a subject without FLAIR passes with --bundle
+    brainmvp and fails with the default four-contrast rule."""
+    folder = tmp_path / "brats" / "S1"
+    folder.mkdir(parents=True)
+    for m in ("t1", "t1ce", "t2"):
+        vol(folder / f"S1_{m}.nii.gz")
+    entry = {"subject_id": "S1", **{m: str(folder / f"S1_{m}.nii.gz") for m in ("t1", "t1ce", "t2")}}
+    (tmp_path / "dl.json").write_text(json.dumps({"training": [entry]}))
+    tool = [sys.executable, str(REPO / "tools" / "validate_data.py"), "--datalist", str(tmp_path / "dl.json")]
+    strict = subprocess.run(tool, capture_output=True, text=True)
+    assert strict.returncode == 1 and "missing modality 'flair'" in strict.stdout
+    lenient = subprocess.run([*tool, "--bundle", "brainmvp"], capture_output=True, text=True)
+    assert lenient.returncode == 0 and "1 subjects checked: 0 errors" in lenient.stdout, lenient.stdout
+    sys.path.insert(0, str(REPO / "tools"))
+    from validate_data import bundle_rules
+
+    assert bundle_rules("brainmvp") == {
+        "image_keys": ["t1", "t1ce", "t2", "flair"],
+        "required_keys": [],
+        "min_modalities": 2,
+    }
 
 
 def test_trainer_refuses_bad_data_before_the_first_step(tmp_path):
