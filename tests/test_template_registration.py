@@ -151,3 +151,27 @@ def test_record_canvas_is_required_for_registered_templates():
     with pytest.raises(ValueError, match="RecordCanvasd"):
         CanvasMapd("image")({"image": MetaTensor(torch.zeros(1, 4, 4, 4))})
     assert issubclass(CanvasMapd, MapTransform)
+
+
+def test_auto_canvas_warns_when_studies_are_not_on_one_grid(tmp_path, caplog):
+    import logging
+
+    import nibabel as nib
+
+    from common.transforms.modality import warn_unregistered
+
+    def study(name, shape, affine):
+        path = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(np.ones(shape, np.float32), affine), path)
+        return {"subject_id": name, "t1": str(path)}
+
+    same = [study("a", (8, 8, 8), np.eye(4)), study("b", (8, 8, 8), np.eye(4))]
+    with caplog.at_level(logging.WARNING):
+        assert warn_unregistered(same, ["t1"]) is False
+    assert caplog.text == ""
+    shifted = np.eye(4)
+    shifted[0, 3] = 5.0
+    with caplog.at_level(logging.WARNING):
+        assert warn_unregistered([*same, study("c", (8, 8, 8), shifted)], ["t1"]) is True
+    assert "not on one grid (a: (8, 8, 8), c: (8, 8, 8), affines differ by 5)" in caplog.text
+    assert warn_unregistered([*same, study("d", (9, 8, 8), np.eye(4))], ["t1"]) is True

@@ -146,8 +146,42 @@ def template_canvas(
                 )
                 if pixdim is not None and any(float(p) > 0 for p in pixdim):
                     img = Spacing(pixdim=pixdim, mode="bilinear")(img)
+                warn_unregistered(entries, modalities)
                 return [max(int(s), int(r)) for s, r in zip(img.shape[1:4], roi_size)]
     raise ValueError(f"no image of {list(modalities)} in the datalist to size the template canvas from")
+
+
+def warn_unregistered(entries: Sequence[dict], modalities: Sequence[str], limit: int = 500, tol: float = 1e-3) -> bool:
+    """Warn when the studies do not share one grid (shape and affine of their NIfTI headers): ``template_canvas:
+    auto`` takes its canvas from the first study, so templates are in register only for data registered to one
+    space. Returns whether a warning was given. Headers only are read (first ``limit`` studies)."""
+    import logging
+
+    import nibabel as nib
+    import numpy as np
+
+    reference, first = None, None
+    for entry in list(entries)[:limit]:
+        path = next((str(entry[m]) for m in modalities if m in entry), None)
+        if path is None or not path.lower().endswith((".nii", ".nii.gz")):
+            continue
+        try:
+            img = nib.load(path)
+        except Exception:  # unreadable files are the data check's business
+            continue
+        grid = (tuple(img.shape[:3]), np.asarray(img.affine))
+        if reference is None:
+            reference, first = grid, entry.get("subject_id", path)
+            continue
+        if grid[0] != reference[0] or np.abs(grid[1] - reference[1]).max() > tol:
+            logging.getLogger(__name__).warning(
+                f"template_canvas auto: the studies are not on one grid ({first}: {reference[0]}, "
+                f"{entry.get('subject_id', path)}: {grid[0]}, affines differ by {np.abs(grid[1] - reference[1]).max():.3g}); "
+                "the canvas is the first study's, so templates are in register only for data registered to one space "
+                "(e.g. MNI): register them first, or use template_canvas: crop"
+            )
+            return True
+    return False
 
 
 class RecordCanvasd(MapTransform):
