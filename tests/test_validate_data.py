@@ -361,3 +361,15 @@ def test_probably_wrong_data_is_flagged(tmp_path):
         ds.Modality = "CT"
         ds.save_as(f)
     expect(validate_entries([case(tmp_path, "S4", t1=str(series))], MODS), "dcm", "DICOM Modality CT", "warning")
+
+
+def test_a_volume_smaller_than_the_crop_after_resampling_is_warned_about(tmp_path):
+    entry = case(tmp_path, "S1")  # 8^3 voxels of 1 mm
+    problems = validate_entries([entry], MODS, crop_size=[4, 4, 4], pixdim=[2.0, 2.0, 2.0])
+    assert problems == []  # 4^3 voxels at 2 mm: exactly the crop
+    problems = validate_entries([entry], MODS, crop_size=[4, 4, 5], pixdim=[2.0, 2.0, 2.0])
+    expect(problems, "t1.nii.gz", "4x4x4 voxels after resampling, smaller than the 4x4x5 training crop", "warning")
+    assert only(problems) == []
+    expect(
+        validate_entries([entry], MODS, crop_size=[9, 8, 8], pixdim=[0.0, 0.0, 0.0]), None, "8x8x8 voxels", "warning"
+    )

@@ -233,6 +233,24 @@ def _digest(path: str) -> str | None:
     return h.hexdigest()
 
 
+def _small_volume(
+    sid: str, first: tuple[str, dict], crop_size: Sequence[int], pixdim: Sequence[float] | None
+) -> list[Problem]:
+    """A warning when a study is smaller than the training crop once resampled to ``pixdim``."""
+    key, info = first
+    shape = np.asarray(info["shape"][:3], dtype=np.float64)
+    if info["affine"] is not None and pixdim is not None and any(float(p) > 0 for p in pixdim):
+        spacing = np.linalg.norm(np.asarray(info["affine"], dtype=np.float64)[:3, :3], axis=0)
+        target = np.array([float(p) if float(p) > 0 else s for p, s in zip(pixdim, spacing)])
+        shape = np.floor(shape * spacing / target)
+    crop = np.asarray(list(crop_size)[:3], dtype=np.float64)
+    if len(shape) == 3 and np.any(shape < crop):
+        size = "x".join(str(int(v)) for v in shape)
+        return [Problem("warning", sid, info.get("path"), f"{key}: {size} voxels after resampling, smaller than the "
+                        f"{'x'.join(str(int(c)) for c in crop)} training crop: it is zero-padded to the crop")]  # fmt: skip
+    return []
+
+
 def _identical_copies(sid: str, paths: Mapping[str, str]) -> list[Problem]:
     """A warning for each group of one subject's contrasts that are byte-identical copies of one file."""
     groups: dict[str, list[str]] = {}
@@ -323,7 +341,7 @@ def _check_image(sid: str, key: str, path: str, content: bool, expect_3d: bool) 
         if finite.size == 0 or finite.max() == finite.min():
             value = float(finite.flat[0]) if finite.size else float("nan")
             problems.append(Problem("error", sid, path, f"{key}: empty volume (every voxel is {value:g})"))
-    return problems, {"shape": tuple(shape[:3]), "affine": affine, "data": data}
+    return problems, {"shape": tuple(shape[:3]), "affine": affine, "data": data, "path": path}
 
 
 def validate_entries(
@@ -342,6 +360,8 @@ def validate_entries(
     check_content: bool = True,
     expect_3d: bool = True,
     affine_tolerance: float = 1e-3,
+    crop_size: Sequence[int] | None = None,
+    pixdim: Sequence[float] | None = None,
 ) -> list[Problem]:
     """Every problem of a list of data dicts (paths already absolute, as ``resolve_datalist`` returns them).
 
@@ -358,6 +378,8 @@ def validate_entries(
         check_content: also read voxel data (NaN/Inf, empty, label values).
         expect_3d: a 4D image is an error.
         affine_tolerance: largest allowed difference between the affines of one study's images.
+        crop_size, pixdim: the bundle's training crop and resampling spacing (``0`` = none): a volume smaller than the
+            crop after resampling is warned about (it is zero-padded to the crop).
     """
     problems: list[Problem] = []
     required = list(image_keys) if required_keys is None else list(required_keys)
@@ -391,6 +413,8 @@ def validate_entries(
             if info:
                 geometry[key] = info
         problems += _identical_copies(sid, {k: str(entry[k]) for k in present})
+        if crop_size is not None and geometry:
+            problems += _small_volume(sid, next(iter(geometry.items())), crop_size, pixdim)
         shapes = {k: g["shape"] for k, g in geometry.items()}
         if len(set(shapes.values())) > 1:
             problems.append(Problem("error", sid, None, f"modalities differ in shape: {shapes}"))
