@@ -47,7 +47,8 @@ def test_the_papers_defaults():
     assert sig["map_key"].default == "canvas_map"
 
 
-def test_template_channels_and_algorithm_1_settings_reach_the_copies(monkeypatch):
+@pytest.mark.parametrize("settings", [{}, {"cube": 4, "mask_ratio": 0.5}])
+def test_template_channels_and_algorithm_1_settings_reach_the_copies(monkeypatch, settings):
     seen = {}
 
     def spy(x, templates, available, cube, mask_ratio):
@@ -56,17 +57,21 @@ def test_template_channels_and_algorithm_1_settings_reach_the_copies(monkeypatch
 
     monkeypatch.setattr(tt, "template_copies", spy)
     templates = ModalityTemplates(["t1", "t2"], (2, 2, 2)).requires_grad_(False)  # in channel order
-    trainer = _trainer(_Linear3D(), templates, template_modalities=["t2"], cube=4, mask_ratio=0.5)
+    trainer = _trainer(_Linear3D(), templates, template_modalities=["t2"], **settings)
     trainer.run()
     assert seen["available"].dtype == torch.bool and seen["available"].tolist() == [False, True]  # only t2 has one
-    assert seen["cube"] == 4 and seen["mask_ratio"] == 0.5 and seen["templates"] == (2, 2, 2, 2, 2)
+    expected = {"cube": 8, "mask_ratio": 0.875, **settings}  # Algorithm 1's defaults
+    assert seen["cube"] == expected["cube"] and seen["mask_ratio"] == expected["mask_ratio"]
+    assert seen["templates"] == (2, 2, 2, 2, 2)
 
 
 def test_without_templates_it_is_a_plain_supervised_step(caplog):
     net = _Linear3D()
     with caplog.at_level(logging.INFO):
         trainer = _trainer(net)
-    assert "template augmentation off: plain supervised fine-tuning" in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.name == tt.__name__] == [
+        "template augmentation off: plain supervised fine-tuning"
+    ]
     trainer.run()
     # loss = mean((w x - 0)^2) = w^2 = 4; d/dw = 2 w = 4; SGD: 2 - 0.01 * 4
     assert trainer.state.output["loss"].item() == pytest.approx(4.0)
@@ -79,3 +84,12 @@ def test_a_non_finite_loss_stops_naming_both_terms(monkeypatch):
     with pytest.raises(FloatingPointError) as err:
         trainer.run()
     assert str(err.value) == "non-finite loss at epoch 1, iteration 1: supervised nan, consistency nan"
+
+
+def test_positional_arguments_reach_supervised_trainer():
+    net = _Linear3D()
+    data = [{"image": torch.ones(1, 2, 2, 2, 2), "label": torch.zeros(1, 2, 2, 2, 2)}]
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    trainer = TemplateConsistencyTrainer("cpu", 2, data, net, opt, nn.MSELoss(), decollate=False)
+    trainer.run()
+    assert trainer.state.max_epochs == 2 and trainer.state.iteration == 2

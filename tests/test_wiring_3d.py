@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.bundle import ConfigParser
+from monai.engines.utils import IterationEvents
 
 from common.engines.template_trainer import TemplateConsistencyTrainer
 from common.engines.trainer import SelfSupervisedTrainer
@@ -262,11 +263,11 @@ class _Linear3D(nn.Module):
         return (out, 3 * out.mean(dim=(2, 3, 4))) if return_features else out
 
 
-@pytest.mark.parametrize("lambda_cons", [0.1, 3.0])
+@pytest.mark.parametrize("lambda_cons", [None, 3.0])  # None: the default, the paper's 0.1
 def test_template_trainer_eq8_by_hand(monkeypatch, lambda_cons):
-    # a batch of two equal samples: every mean below is the one-sample value, and the copies are split correctly
-    x = torch.ones(2, 2, 2, 2, 2)
-    y = torch.zeros(2, 2, 2, 2, 2)
+    # a batch of three equal samples: every mean below is the one-sample value, and the copies are split correctly
+    x = torch.ones(3, 2, 2, 2, 2)
+    y = torch.zeros(3, 2, 2, 2, 2)
     first = x.clone()
     first[:, 0] = 5.0  # X': channel 0 replaced by its template (value 5)
     second = x.clone()
@@ -285,10 +286,14 @@ def test_template_trainer_eq8_by_hand(monkeypatch, lambda_cons):
         templates=ModalityTemplates(["t1", "t2"], (2, 2, 2)),
         template_modalities=["t1", "t2"],
         modalities=["t1", "t2"],
-        lambda_cons=lambda_cons,
+        **({} if lambda_cons is None else {"lambda_cons": lambda_cons}),
         decollate=False,
     )
+    seen = {}
+    trainer.add_event_handler(IterationEvents.FORWARD_COMPLETED, lambda e: seen.update(pred=e.state.output["pred"]))
+    trainer.add_event_handler(IterationEvents.LOSS_COMPLETED, lambda e: seen.update(loss=e.state.output["loss"]))
     trainer.run()
+    lambda_cons = 0.1 if lambda_cons is None else lambda_cons
     w = 2.0
     # L_sl(F(X'), Y) = mean((w X')^2) = w^2 (25 + 1) / 2; L_sl(F(X''), Y) = w^2 (1 + 81) / 2
     supervised = w**2 * (26 / 2 + 82 / 2)
@@ -302,6 +307,10 @@ def test_template_trainer_eq8_by_hand(monkeypatch, lambda_cons):
     out = trainer.state.output
     assert torch.allclose(out["pred"], w * first) and not out["pred"].requires_grad
     assert torch.equal(out["image"], x) and torch.equal(out["label"], y) and torch.is_tensor(out["loss"])
+    # handlers at FORWARD_COMPLETED / LOSS_COMPLETED see X's prediction and the loss, as in SupervisedTrainer
+    assert torch.allclose(seen["pred"], w * first) and seen["loss"].item() == pytest.approx(
+        supervised + lambda_cons * cons
+    )
 
 
 def test_template_trainer_reads_each_channels_own_template_through_the_map():
