@@ -111,7 +111,11 @@ def test_without_the_switch_the_hook_is_installed(monkeypatch):
 
 
 def test_other_errors_reach_the_previous_hook_unchanged(monkeypatch):
-    exc = KeyError("image")
+    try:
+        raise KeyError("image")
+    except KeyError as e:
+        exc = e
+    assert exc.__traceback__ is not None
     _, calls = _hook_output(monkeypatch, exc)
     assert calls == [(KeyError, exc, exc.__traceback__)]
 
