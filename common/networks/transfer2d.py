@@ -149,7 +149,9 @@ class TransferViT2D(ViTClassifier):
         self.register_buffer("target_std", std)  # [T]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = super().forward(x)  # x: [B, C, H, W] -> z: [B, T] (logits; z-scores of continuous targets)
+        # x: [B, C, H, W] -> z: [B, T] (logits; z-scores of continuous targets); ViTClassifier.forward spelled out,
+        # as TorchScript (ckpt_export) cannot compile super()
+        z = self.head(self.norm(self.features(x)))
         return self.target_mean + self.target_std * z  # continuous in own units; 0 + 1 * z elsewhere
 
 
