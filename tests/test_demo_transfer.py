@@ -70,6 +70,9 @@ def test_cache_folder_per_parameter_set(tmp_path, monkeypatch):
     assert task_data_dir("glioma", demo={"num_subjects": 6, "image_size": 32}) == str(folder)
     assert task_data_dir("glioma", dataset_dir=str(tmp_path)) == str(tmp_path)  # a user's folder wins
     assert task_data_dir("glioma", datalist="x.json") is None  # a datalist needs no folder
+    before = sorted(tmp_path.iterdir())
+    assert task_data_dir("aptos", input_dir=str(tmp_path)) is None  # nor does inference on a folder of images
+    assert sorted(tmp_path.iterdir()) == before  # and no demo set was built for it
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         task_data_dir("glioma", dataset_dir=str(tmp_path / "nope"))
 

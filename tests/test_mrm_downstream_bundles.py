@@ -101,7 +101,9 @@ def fake_mrm_checkpoint(path: Path, image_size: int, num_layers: int = 2) -> Pat
 
 def train_evaluate_infer(bundle: str, out: Path, *extra: str) -> str:
     """Two tiny epochs on the demo set, then evaluate.json and inference.json on the test split; the train log."""
-    proc = run_bundle(configs(bundle, "train"), *tiny(bundle), "--epochs", "2", *extra, *run_dirs(out / "models", out / "logs"))
+    proc = run_bundle(
+        configs(bundle, "train"), *tiny(bundle), "--epochs", "2", *extra, *run_dirs(out / "models", out / "logs")
+    )
     run_bundle(configs(bundle, "train", "evaluate"), *tiny(bundle), *run_dirs(out / "models", out / "eval"))
     run_bundle(configs(bundle, "inference"), *tiny(bundle), *run_dirs(out / "models", out / "inf"))
     return proc.stdout + proc.stderr
@@ -225,7 +227,9 @@ def test_multi_gpu_glioma_on_two_cpu_processes_writes_the_confusion_matrix(tmp_p
         *run_dirs(tmp_path / "models", tmp_path / "logs"), torchrun=2,
     )  # fmt: skip
     assert "DDP replicas identical after iteration" in proc.stdout + proc.stderr
-    counts = [[int(v) for v in r[1:]] for r in list(csv.reader((tmp_path / "logs" / "confusion_matrix.csv").open()))[1:]]
+    counts = [
+        [int(v) for v in r[1:]] for r in list(csv.reader((tmp_path / "logs" / "confusion_matrix.csv").open()))[1:]
+    ]
     assert sum(map(sum, counts)) == len(split("mrm_glioma"))  # every test tile, from both ranks
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert "head.weight" in state and not any(k.startswith("module.") for k in state)
@@ -257,7 +261,9 @@ def test_every_bundle_runs_from_scratch_without_an_mrm_checkpoint_and_states_its
         assert parser.get_parsed_content("image_size") == 96 and parser.get_parsed_content("hidden_size") == 192
         parser["dataset_dir"] = "/data/real"
         assert not parser.get_parsed_content("demo_data")
-        sizes = [parser.get_parsed_content(k) for k in ("image_size", "hidden_size", "mlp_dim", "num_heads", "patch_size")]
+        sizes = [
+            parser.get_parsed_content(k) for k in ("image_size", "hidden_size", "mlp_dim", "num_heads", "patch_size")
+        ]
         assert sizes == [224, 768, 3072, 12, 16] and parser.get_parsed_content("epochs") == 50
         assert parser.get_parsed_content("linear_probe") is False
 
@@ -269,7 +275,9 @@ def test_packaging_vendors_what_the_configs_call():
     import package_bundle
 
     for bundle in BUNDLES:
-        files = {p.relative_to(REPO).as_posix() for p in package_bundle.common_closure(REPO / "bundles" / bundle / "configs")}
+        files = {
+            p.relative_to(REPO).as_posix() for p in package_bundle.common_closure(REPO / "bundles" / bundle / "configs")
+        }
         assert {"common/data/tasks2d.py", "common/data/demo_transfer.py", "common/data/demo_mrm.py",
                 "common/data/images2d.py", "common/networks/transfer2d.py", "common/engines/metrics.py",
                 "common/engines/contract.py", "common/engines/checkpoint.py"} <= files  # fmt: skip
@@ -283,7 +291,11 @@ def test_packaging_vendors_what_the_configs_call():
 def _png(path: Path, size=(40, 36), value=None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    pixels = np.full((size[1], size[0], 3), value, np.uint8) if value is not None else rng.integers(0, 255, (size[1], size[0], 3))
+    pixels = (
+        np.full((size[1], size[0], 3), value, np.uint8)
+        if value is not None
+        else rng.integers(0, 255, (size[1], size[0], 3))
+    )
     Image.fromarray(pixels.astype(np.uint8)).save(path)
     return path
 
@@ -297,7 +309,9 @@ def test_task_entries_take_the_first_source_given(tmp_path):
         {"subject_id": "sub/b", "image": str((tmp_path / "new" / "sub" / "b.jpg").resolve())},
     ]
     datalist = tmp_path / "dl.json"
-    datalist.write_text(json.dumps({"testing": [{"subject_id": "x", "image": "new/a.png", "label": ["m/d.png", "/abs/a.png"]}]}))
+    datalist.write_text(
+        json.dumps({"testing": [{"subject_id": "x", "image": "new/a.png", "label": ["m/d.png", "/abs/a.png"]}]})
+    )
     (entry,) = tasks2d.task_entries("palm", "testing", data_dir="ignored", datalist=datalist)
     assert entry["image"] == str(tmp_path / "new" / "a.png")
     assert entry["label"] == [str(tmp_path / "m" / "d.png"), "/abs/a.png"]  # mask paths relative to the datalist
@@ -389,7 +403,9 @@ def test_prediction_writer_rows_and_header(tmp_path):
 
 
 def test_frozen_unetr_encoder_trains_only_the_decoder():
-    net = transfer_unetr_2d(2, img_size=32, feature_size=8, hidden_size=48, mlp_dim=96, num_heads=4, freeze_encoder=True)
+    net = transfer_unetr_2d(
+        2, img_size=32, feature_size=8, hidden_size=48, mlp_dim=96, num_heads=4, freeze_encoder=True
+    )
     assert not any(p.requires_grad for p in net.vit.parameters())
     assert all(p.requires_grad for n, p in net.named_parameters() if not n.startswith("vit."))
     free = transfer_unetr_2d(2, img_size=32, feature_size=8, hidden_size=48, mlp_dim=96, num_heads=4)
@@ -409,3 +425,67 @@ def test_target_stats_restored_from_a_checkpoint_need_no_warning(caplog):
     with pytest.raises(ValueError, match="'checkpoint'"):
         TransferViT2D(targets=targets, target_stats="ckpt", img_size=32, hidden_size=48, mlp_dim=96, num_layers=1,
                       num_heads=4)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_packaged_aptos_zip_runs_inference_standalone_on_a_folder_of_images(tmp_path, monkeypatch):
+    """tools/package_bundle.py's zip of mrm_aptos (tiny weights and their contract in models/), unzipped elsewhere,
+    runs inference.json from inside its own folder on a folder of new images: the vendored ``common`` is the one
+    imported, and no demo set is built (``--input_dir`` needs none)."""
+    import shutil
+    import sys
+    import zipfile
+
+    from common.data.images2d import image_preprocessing
+    from common.engines.contract import input_contract, write_contract
+
+    sys.path.insert(0, str(REPO / "tools"))
+    import package_bundle
+
+    fake = tmp_path / "repo"
+    shutil.copytree(REPO / "bundles" / "mrm_aptos", fake / "bundles" / "mrm_aptos",
+                    ignore=shutil.ignore_patterns("*.pt", "*.contract.json", "logs", "eval", "checkpoints"))  # fmt: skip
+    shutil.copytree(REPO / "common", fake / "common", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "requirements.txt", fake / "requirements.txt")
+    torch.manual_seed(0)
+    net = TransferViT2D(5, img_size=32, hidden_size=48, mlp_dim=96, num_layers=2, num_heads=4)
+    weights = fake / "bundles" / "mrm_aptos" / "models" / "model.pt"
+    torch.save(net.state_dict(), weights)
+    contract = input_contract(
+        image_preprocessing("image", 32), ["rgb"], [32, 32], {"name": "vit", "hidden_size": 48, "mlp_dim": 96, "num_heads": 4},
+        patch_size=16, channel_order=True,
+    )  # fmt: skip
+    write_contract(contract, weights)
+    monkeypatch.setattr(package_bundle, "REPO", fake)
+    zip_path = Path(package_bundle.build("mrm_aptos", out_dir=str(tmp_path / "dist")))
+    names = zipfile.ZipFile(zip_path).namelist()
+    assert "mrm_aptos/common/networks/transfer2d.py" in names and "mrm_aptos/common/data/tasks2d.py" in names
+    assert "mrm_aptos/models/model.contract.json" in names and not any(n.endswith(".pt") for n in names)
+    zipfile.ZipFile(zip_path).extractall(tmp_path / "unzipped")
+    installed = tmp_path / "unzipped" / "mrm_aptos"
+    shutil.copy(tmp_path / "dist" / f"{zip_path.stem}_model.pt", installed / "models" / "model.pt")  # large_files.yml
+    images = tmp_path / "new_images"
+    for k in range(3):
+        _png(images / f"eye_{k}.png", size=(48, 40))
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"} | {"MMPT_CACHE_DIR": str(cache)}
+    proc = subprocess.run(
+        [*bundle_command("configs/inference.json"), *TINY_2D, "--num_layers", "2", "--input_dir", str(images),
+         "--output_dir", str(tmp_path / "out")],
+        cwd=installed, capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "matches this run" in proc.stdout + proc.stderr  # the fine-tuned model's contract was checked
+    rows = read_csv(tmp_path / "out" / "predictions.csv")
+    assert sorted(r["id_code"] for r in rows) == ["eye_0", "eye_1", "eye_2"]
+    probs = np.array([[float(r[f"p_{c}"]) for c in range(5)] for r in rows])
+    from monai.transforms import Compose
+
+    preprocess = Compose(image_preprocessing("image", 32))
+    with torch.no_grad():
+        x = torch.stack(
+            [torch.as_tensor(preprocess({"image": str(images / f"{r['id_code']}.png")})["image"]) for r in rows]
+        )
+        expected = torch.softmax(net(x), 1).numpy()
+    assert np.allclose(probs, expected, atol=1e-4)  # the packaged weights, the packaged preprocessing
+    assert not cache.exists() or not any(cache.iterdir())  # no demo set built for a folder of images

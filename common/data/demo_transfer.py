@@ -301,7 +301,10 @@ def _crp(out: Path, n: int, size: int, seed: int) -> list[dict]:
         values = _crp_values(rng)
         img = _crp_image(values, anatomy, disc, vessels, rng, size)
         _save(out / "images" / f"{sid}.png", _to_uint8(img), compress_level=1)
-        row = {"id": sid, **{k: round(values[k], 1) if CRP_TARGETS[k] == "continuous" else values[k] for k in CRP_TARGETS}}
+        row = {
+            "id": sid,
+            **{k: round(values[k], 1) if CRP_TARGETS[k] == "continuous" else values[k] for k in CRP_TARGETS},
+        }
         truth.append(dict(row))
         for k in ("bmi", "smoking"):
             if rng.random() < _MISSING_CRP:
@@ -430,9 +433,11 @@ def task_data_dir(
     dataset_dir: str | os.PathLike | None = None,
     datalist: str | os.PathLike | None = None,
     demo: Mapping[str, Any] | None = None,
+    input_dir: str | os.PathLike | None = None,
 ) -> str | None:
     """Where a bundle's data come from: ``dataset_dir`` when given (a real layout folder), nothing when only a
-    ``datalist`` is given, else the task's demo set (built on first use with ``demo``'s parameters).
+    ``datalist`` or an ``input_dir`` (inference on a folder of new images) is given, else the task's demo set
+    (built on first use with ``demo``'s parameters).
 
     Example (config)::
 
@@ -443,6 +448,6 @@ def task_data_dir(
         if not Path(dataset_dir).is_dir():
             raise FileNotFoundError(f"dataset_dir {dataset_dir} is not a folder")
         return str(dataset_dir)
-    if datalist:
+    if datalist or input_dir:
         return None
     return demo_transfer_dir(task, **dict(demo or {}))
