@@ -111,7 +111,7 @@ def test_aptos_layout_and_lesions_grow_with_the_grade(demos):
     assert (lesions[grade == 0] == 0).all() and (lesions[grade >= 1] > 0).all()
     assert spearmanr(grade, lesions)[0] > 0.8
     # the written pixels: dark red spots on the green channel (darker than their 9 x 9 neighbourhood's median: the
-    # lesions are drawn APTOS_LESION_SCALE times their size in a 224 px photograph), more with the grade
+    # lesions are drawn LESION_SCALE times their size in a 224 px photograph), more with the grade
     dark = []
     for t in truth:
         img = pixels(demos["aptos"] / "train_images" / f"{t['id_code']}.png")[..., 1]
