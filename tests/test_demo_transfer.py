@@ -110,6 +110,7 @@ def test_aptos_layout_and_lesions_grow_with_the_grade(demos):
     lesions = np.array([int(t["lesion_pixels"]) for t in truth])
     assert (lesions[grade == 0] == 0).all() and (lesions[grade >= 1] > 0).all()
     assert spearmanr(grade, lesions)[0] > 0.8
+    assert lesions[grade == 4].mean() > 0.2 * SIZE**2  # LESION_SCALE 5: a third of a grade-4 image (3: about 0.12)
     # the written pixels: dark red spots on the green channel (darker than their 9 x 9 neighbourhood's median: the
     # lesions are drawn LESION_SCALE times their size in a 224 px photograph), more with the grade
     dark = []
