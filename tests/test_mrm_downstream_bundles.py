@@ -247,15 +247,17 @@ def test_a_pretrained_encoder_of_other_inputs_is_refused_naming_the_difference(t
     assert "was trained on other inputs" in proc.stderr and "crop_size" in proc.stderr and "[64, 64]" in proc.stderr
 
 
-def test_every_bundle_runs_from_scratch_without_an_mrm_checkpoint_and_states_its_demo_knobs():
-    """No ``bundles/mrm/models/model.pt`` here: pretrained_ckpt is None, layer decay is off (nothing pre-trained to
-    keep), and the demo's own knobs are in effect; a --dataset_dir run gets the paper's ViT-B/16 at 224."""
+def test_every_bundle_runs_from_scratch_without_an_mrm_checkpoint_and_states_its_demo_knobs(tmp_path):
+    """Without ``bundles/mrm/models/model.pt``: pretrained_ckpt is None, layer decay is off (nothing pre-trained to
+    keep), and the demo's own knobs are in effect; a --dataset_dir run gets the paper's ViT-B/16 at 224; with one,
+    it is the default checkpoint and layer decay 0.75 applies. (A fake collection under tmp_path, so a checkout
+    where the mrm demo was trained gives the same answer.)"""
     from monai.bundle import ConfigParser
 
     for bundle in BUNDLES:
         parser = ConfigParser()
         parser.read_config(str(REPO / "bundles" / bundle / "configs" / "train.json"))
-        parser["bundle_root"] = str(REPO / "bundles" / bundle)
+        parser["bundle_root"] = str(tmp_path / "bundles" / bundle)
         assert parser.get_parsed_content("pretrained_ckpt") is None
         assert parser.get_parsed_content("layer_decay") == 1.0 and parser.get_parsed_content("demo_data")
         assert parser.get_parsed_content("image_size") == 96 and parser.get_parsed_content("hidden_size") == 192
@@ -266,6 +268,16 @@ def test_every_bundle_runs_from_scratch_without_an_mrm_checkpoint_and_states_its
         ]
         assert sizes == [224, 768, 3072, 12, 16] and parser.get_parsed_content("epochs") == 50
         assert parser.get_parsed_content("linear_probe") is False
+    mrm = tmp_path / "bundles" / "mrm" / "models" / "model.pt"
+    mrm.parent.mkdir(parents=True)
+    mrm.write_bytes(b"")
+    for bundle in BUNDLES:
+        (tmp_path / "bundles" / bundle).mkdir()  # ``<bundle>/../mrm`` resolves through an existing folder
+        parser = ConfigParser()
+        parser.read_config(str(REPO / "bundles" / bundle / "configs" / "train.json"))
+        parser["bundle_root"] = str(tmp_path / "bundles" / bundle)
+        assert Path(parser.get_parsed_content("pretrained_ckpt")).resolve() == mrm.resolve()
+        assert parser.get_parsed_content("layer_decay") == 0.75
 
 
 def test_packaging_vendors_what_the_configs_call():
