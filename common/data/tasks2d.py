@@ -940,7 +940,9 @@ def task_entries(
                 e["label"] = [v if os.path.isabs(v) else str(base / v) for v in e["label"]]
         return entries
     if not data_dir:
-        raise ValueError(f"no data for {task}: give --dataset_dir (the dataset's own layout), --datalist or --input_dir")
+        raise ValueError(
+            f"no data for {task}: give --dataset_dir (the dataset's own layout), --datalist or --input_dir"
+        )
     split_file = split_file or Path(data_dir) / f"split_mrm_{task}.json"
     return task_datalist(task, data_dir, split_file, split, **reader_kwargs)
 
@@ -962,7 +964,9 @@ def readable_entries(entries: Sequence[dict], size: int | None = None, check_con
             (logger.error if p.severity == "error" else logger.warning)(str(p))
         (dropped if errors else kept).append(e)
     if dropped:
-        logger.error(f"skipping {len(dropped)} of {len(entries)} images that cannot be read: {[e['subject_id'] for e in dropped][:10]}")
+        logger.error(
+            f"skipping {len(dropped)} of {len(entries)} images that cannot be read: {[e['subject_id'] for e in dropped][:10]}"
+        )
     if not kept:
         raise ValueError(f"none of the {len(entries)} images can be read (problems logged above)")
     return kept
