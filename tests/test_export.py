@@ -30,6 +30,23 @@ CASES = {
     "brainmvp_seg": (["--backbone_size", "tiny"], [32, 32, 32], True),
     "brainmvp_cls": (["--backbone_size", "tiny", "--roi_size", "[32,32,32]"], [32, 32, 32], True),
 }
+# the MRM transfer bundles: 2D RGB images, a tiny ViT (UNETR keeps its 12 blocks); RFMiD's labels named so that no
+# data folder is read (its metadata describes RFMiD 1.0's 46 labels)
+TINY_2D = ["--image_size", "32", "--hidden_size", "48", "--mlp_dim", "96", "--num_heads", "4"]
+RFMID = ["Disease_Risk", "DR", "DN", "MH", "TSLN", "ODE"]
+CASES_2D = {
+    "mrm_aptos": ([*TINY_2D, "--num_layers", "2"], [32, 32], []),
+    "mrm_glioma": ([*TINY_2D, "--num_layers", "2"], [32, 32], []),
+    "mrm_crp": ([*TINY_2D, "--num_layers", "2"], [32, 32], []),
+    "mrm_rfmid": (
+        [*TINY_2D, "--num_layers", "2", "--label_names", json.dumps(RFMID, separators=(",", ":"))],
+        [32, 32],
+        ["--_meta_#network_data_format#outputs#pred#num_channels", "6"],
+    ),
+    "mrm_palm": ([*TINY_2D, "--feature_size", "8"], [32, 32], []),
+}
+CASES.update({name: (args, shape, False) for name, (args, shape, _) in CASES_2D.items()})
+CHANNELS = {name: 3 for name in CASES_2D}
 
 
 @pytest.mark.slow
@@ -63,14 +80,14 @@ def test_ckpt_export_and_verify_net_in_out(tmp_path, name):
         *args,
     ]
     if trace:
-        export += ["--use_trace", "True", "--input_shape", str([1, 4, *shape]).replace(" ", "")]
+        export += ["--use_trace", "True", "--input_shape", str([1, CHANNELS.get(name, 4), *shape]).replace(" ", "")]
     proc = subprocess.run(export, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     scripted = torch.jit.load(str(tmp_path / "model.ts"))
-    x = torch.randn(1, 4, *shape)
+    x = torch.randn(1, CHANNELS.get(name, 4), *shape)
     with torch.no_grad():
         assert torch.allclose(scripted(x), net(x), atol=1e-4)
-    if "seg" in name:  # image in, image out: MONAI's shape check applies
+    if "seg" in name or name in CASES_2D:  # MONAI's check of the input and output channels and shapes
         verify = [
             sys.executable,
             "-m",
@@ -84,6 +101,7 @@ def test_ckpt_export_and_verify_net_in_out(tmp_path, name):
             *args,
             "--_meta_#network_data_format#inputs#image#spatial_shape",
             str(shape).replace(" ", ""),
+            *CASES_2D.get(name, ([], [], []))[2],
         ]
         proc = subprocess.run(verify, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0 and "verified with no error" in proc.stdout + proc.stderr, proc.stderr[-2000:]

@@ -40,7 +40,21 @@ from scipy.stats import norm
 
 from common.data.demo import _locked, default_cache_dir
 
-__all__ = ["build_demo_mrm", "demo_mrm_datalist", "GRADE_QUANTILES", "NUM_CAUSAL_GRADE", "NUM_CAUSAL_PIGMENT"]
+__all__ = [
+    "build_demo_mrm",
+    "demo_mrm_datalist",
+    "fundus_anatomy",
+    "lesion_counts",
+    "draw_lesions",
+    "grade_lesions",
+    "draw_spots",
+    "augment_fundus",
+    "write_png",
+    "write_csv",
+    "GRADE_QUANTILES",
+    "NUM_CAUSAL_GRADE",
+    "NUM_CAUSAL_PIGMENT",
+]
 
 _VERSION = 1
 NUM_CAUSAL_GRADE = 6
@@ -53,7 +67,7 @@ _MA_RATE, _HAEM_RATE, _EXUDATE_RATE = (0, 4, 8, 12, 16), (0, 0, 2, 5, 9), (0, 0,
 _FIRST_GRADE = {"ma": 1, "haem": 2, "exudate": 3}
 
 
-def _anatomy(size: int) -> dict[str, np.ndarray]:
+def fundus_anatomy(size: int) -> dict[str, np.ndarray]:
     """The real fundus at ``size`` (float RGB in [0, 1]), its field-of-view mask, the optic disc and fovea centres
     (row, col) found as the brightest and the darkest central spot of the smoothed luminance, and the radial
     darkness profile of the real microaneurysm crop (index = radius in crop pixels, 1 at the centre)."""
@@ -102,7 +116,7 @@ def _score(dosages: np.ndarray, freq: np.ndarray, snps: np.ndarray, effects: np.
     return float(((dosages[snps] - 2 * p) / np.sqrt(2 * p * (1 - p))) @ effects)
 
 
-def _spots(shape: tuple[int, int], centres: np.ndarray, radii: np.ndarray, profile: np.ndarray | None,
+def draw_spots(shape: tuple[int, int], centres: np.ndarray, radii: np.ndarray, profile: np.ndarray | None,
            rng: np.random.Generator) -> np.ndarray:  # fmt: skip
     """Opacity in [0, 1] of K lesions (max over overlapping ones), each drawn in its own small window.
 
@@ -136,20 +150,39 @@ def _place(k: int, anatomy: dict, rng: np.random.Generator, near: np.ndarray | N
     return np.stack([rows[pick], cols[pick]], 1).astype(np.float64) + rng.uniform(-0.5, 0.5, (k, 2))
 
 
-def _lesions(grade: int, anatomy: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """Image with lesions drawn on the (unwarped) fundus, the label map, and the lesion counts."""
-    size = anatomy["fov"].shape[0]
-    scale = size / 224.0
+def lesion_counts(grade: int, rng: np.random.Generator) -> dict[str, int]:
+    """Lesion counts of a DR grade 0-4: Poisson draws (``_MA_RATE``, ...) plus one of each type from the grade
+    that first shows it (microaneurysms >= 1, haemorrhages >= 2, exudates >= 3)."""
     counts = {}
     for name, rate in (("ma", _MA_RATE), ("haem", _HAEM_RATE), ("exudate", _EXUDATE_RATE)):
         counts[name] = int(rng.poisson(rate[grade])) + int(grade >= _FIRST_GRADE[name])
-    big = 1.4 if grade == 4 else 1.0
+    return counts
+
+
+def draw_lesions(
+    counts: dict[str, int], anatomy: dict, rng: np.random.Generator, big: float = 1.0, lesion_scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (unwarped) fundus of :func:`fundus_anatomy` with ``counts`` lesions drawn on it, and the label map.
+
+    Microaneurysms (``"ma"``, round, shaped by the real microaneurysm's profile) and blot haemorrhages
+    (``"haem"``, ``big`` times larger) darken it red anywhere in the field of view but the disc; exudates
+    (``"exudate"``, yellow) sit within 22 % of the image size of the fovea. Radii scale with the image (sizes of
+    a 224 px photograph) times ``lesion_scale`` (a demo of small images may draw them larger to stay visible).
+
+    Returns:
+        RGB float image ``[H, W, 3]`` in [0, 1] and a uint8 label map (0 background, 1 microaneurysm,
+        2 haemorrhage, 3 exudate).
+
+    Example: ``img, label = draw_lesions({"ma": 3, "haem": 0, "exudate": 1}, fundus_anatomy(96), rng)``.
+    """
+    size = anatomy["fov"].shape[0]
+    scale = size / 224.0 * lesion_scale
     # radii in pixels scale with the image, floored so that small demo images still show every lesion
-    ma = _spots((size, size), _place(counts["ma"], anatomy, rng, None, 0),
+    ma = draw_spots((size, size), _place(counts["ma"], anatomy, rng, None, 0),
                 np.maximum(rng.uniform(0.7, 1.3, counts["ma"]) * scale, 0.8), anatomy["ma_profile"], rng)  # fmt: skip
-    haem = _spots((size, size), _place(counts["haem"], anatomy, rng, None, 0),
+    haem = draw_spots((size, size), _place(counts["haem"], anatomy, rng, None, 0),
                   np.maximum(rng.uniform(2.5, 5.0, counts["haem"]) * scale * big, 1.5), None, rng)  # fmt: skip
-    exu = _spots((size, size), _place(counts["exudate"], anatomy, rng, anatomy["fovea"], 0.22),
+    exu = draw_spots((size, size), _place(counts["exudate"], anatomy, rng, anatomy["fovea"], 0.22),
                  np.maximum(rng.uniform(1.0, 2.5, counts["exudate"]) * scale, 1.0), None, rng)  # fmt: skip
     img = anatomy["rgb"].copy()
     for opacity, keep in ((ma, (0.55, 0.2, 0.2)), (haem, (0.45, 0.15, 0.15))):  # dark red: channels kept
@@ -158,10 +191,20 @@ def _lesions(grade: int, anatomy: dict, rng: np.random.Generator) -> tuple[np.nd
     label = np.zeros((size, size), np.uint8)
     for value, opacity in ((1, ma), (2, haem), (3, exu)):
         label[opacity > 0.3] = value
+    return img, label
+
+
+def grade_lesions(
+    grade: int, anatomy: dict, rng: np.random.Generator, lesion_scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Image with the lesions of DR ``grade`` drawn on the (unwarped) fundus, the label map, and the lesion counts
+    (:func:`lesion_counts`, then :func:`draw_lesions`; grade 4 haemorrhages are 1.4 times larger)."""
+    counts = lesion_counts(grade, rng)
+    img, label = draw_lesions(counts, anatomy, rng, big=1.4 if grade == 4 else 1.0, lesion_scale=lesion_scale)
     return img, label, counts
 
 
-def _augment(
+def augment_fundus(
     img: np.ndarray, label: np.ndarray, pigment: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Flip (laterality), rotation, scale, shift, pigmentation, colour gain / gamma, noise; label warped alike."""
@@ -184,7 +227,7 @@ def _augment(
     return out, np.ascontiguousarray(lab), flip
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
+def write_png(path: Path, array: np.ndarray) -> None:
     from PIL import Image
 
     Image.fromarray(array).save(path, compress_level=1)  # fast; PNG stays lossless
@@ -210,7 +253,7 @@ def _write_genotypes(out: Path, ids: list[str], dosages: np.ndarray, rng: np.ran
     to_bed(out / "genotypes.bed", written, properties=properties, count_A1=False)  # dosage = count of allele 2
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
+def write_csv(path: Path, rows: list[dict]) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -254,7 +297,7 @@ def build_demo_mrm(
                 pass
         for sub in ("images", "masks"):
             (out / sub).mkdir(parents=True, exist_ok=True)
-        anatomy, model = _anatomy(image_size), _genetic_model(num_snps, seed)
+        anatomy, model = fundus_anatomy(image_size), _genetic_model(num_snps, seed)
         thresholds = norm.ppf(GRADE_QUANTILES)  # the liability is ~N(0, 1) by construction
         n_val = max(1, math.ceil(0.2 * num_subjects))
         ids = [f"DemoMRM_{i:03d}" for i in range(num_subjects)]
@@ -268,10 +311,10 @@ def build_demo_mrm(
             liability = g_grade + rng.normal(0, math.sqrt(1 - _HERITABILITY["grade"]))
             pigment = g_pig + rng.normal(0, math.sqrt(1 - _HERITABILITY["pigment"]))
             grade = int(np.searchsorted(thresholds, liability))
-            img, label, counts = _lesions(grade, anatomy, rng)
-            img, label, flipped = _augment(img, label, pigment, rng)
-            _write_png(out / "images" / f"{sid}.png", np.round(img * 255).astype(np.uint8))
-            _write_png(out / "masks" / f"{sid}.png", label)
+            img, label, counts = grade_lesions(grade, anatomy, rng)
+            img, label, flipped = augment_fundus(img, label, pigment, rng)
+            write_png(out / "images" / f"{sid}.png", np.round(img * 255).astype(np.uint8))
+            write_png(out / "masks" / f"{sid}.png", label)
             split = "validation" if i >= num_subjects - n_val else "training"
             pixels = {k: int((label == v).sum()) for k, v in (("ma", 1), ("haem", 2), ("exudate", 3))}
             findings = [int(counts[k] > 0) for k in ("ma", "haem", "exudate")]
@@ -290,9 +333,9 @@ def build_demo_mrm(
                 "prs_pigmentation": round(g_pig + rng.normal(0, 0.5), 6), "prs_null": round(rng.normal(), 6),
             })  # fmt: skip
         _write_genotypes(out, ids, dosages, np.random.default_rng([seed, 2]))
-        _write_csv(out / "scores.csv", scores)
-        _write_csv(out / "ground_truth.csv", truth)
-        _write_csv(out / "datalist.csv", [{k: e[k] for k in ("subject_id", "image", "mask", "split", "grade")}
+        write_csv(out / "scores.csv", scores)
+        write_csv(out / "ground_truth.csv", truth)
+        write_csv(out / "datalist.csv", [{k: e[k] for k in ("subject_id", "image", "mask", "split", "grade")}
                                           for e in entries])  # fmt: skip
         snp = [f"snp{j:04d}" for j in range(num_snps)]
         content = {

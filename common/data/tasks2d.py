@@ -52,6 +52,10 @@ __all__ = [
     "fit_target_stats",
     "fixed_split",
     "task_datalist",
+    "folder_entries",
+    "task_entries",
+    "readable_entries",
+    "SavePALMMasksd",
 ]
 
 logger = logging.getLogger(__name__)
@@ -251,6 +255,11 @@ def rfmid_label_names(
     """The label set of an RFMiD folder, read from its first labels CSV's header (every column but ``ID``):
     ``Disease_Risk`` + 45 disease columns (``DR``, ``ARMD``, ... ``CL``) in RFMiD 1.0 -- the paper's "46". For
     ``num_outputs`` and the metric names in a config."""
+    if dataset_dir is None:
+        raise ValueError(
+            "the RFMiD label set is read from a dataset folder (--dataset_dir); with only a datalist, name the labels: "
+            "--label_names \"['Disease_Risk', 'DR', ...]\""
+        )
     root = Path(dataset_dir)
     table = next(iter(_rfmid_sets(root, sets).values()))[0]
     header, _ = _read_csv(table, [id_column])
@@ -873,3 +882,126 @@ def task_datalist(
         official_test = ["Testing"] if task == "palm" and any(e.get("set") == "Testing" for e in entries) else None
     splits = fixed_split(entries, split_file, test_fraction, seed, official_test=official_test, **_SPLIT_DEFAULTS[task])
     return splits[split]
+
+
+# ---- what a bundle reads: a layout, a datalist or a folder of new images ---------------------------------------
+
+
+def folder_entries(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[dict]:
+    """Every image under ``folder`` (sub-folders too, sorted) as an unlabelled entry for inference:
+    ``{"subject_id": <path relative to folder, without suffix>, "image": <absolute path>}``.
+
+    Example: ``folder_entries("/data/new_fundus")  # [{'subject_id': 'a/img1', 'image': '/data/new_fundus/a/img1.png'}]``.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"input_dir {root} is not a folder")
+    found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    if not found:
+        raise FileNotFoundError(f"no image ({', '.join(suffixes)}) in {root}")
+    return [{"subject_id": p.relative_to(root).with_suffix("").as_posix(), "image": str(p.resolve())} for p in found]
+
+
+def task_entries(
+    task: str,
+    split: str = "training",
+    data_dir: str | os.PathLike | None = None,
+    datalist: str | os.PathLike | None = None,
+    split_file: str | os.PathLike | None = None,
+    input_dir: str | os.PathLike | None = None,
+    **reader_kwargs: Any,
+) -> list[dict]:
+    """The entries a downstream bundle reads, from the first source given: ``input_dir`` (every image in a folder,
+    no labels: inference on new images), ``datalist`` (a decathlon-style JSON or CSV, paths relative to it; its
+    ``split`` list), or ``data_dir`` in the task's own layout, split once into ``split_file`` (default
+    ``<data_dir>/split_mrm_<task>.json``) by :func:`task_datalist`.
+
+    Args:
+        task: one of :data:`TASKS`.
+        split: ``training`` (the paper's training split) or ``validation`` (its test split); a datalist may also
+            have ``testing``.
+        data_dir, datalist, split_file, input_dir: the sources (see above).
+        reader_kwargs: for ``read_<task>`` (e.g. CRP's ``targets``, PALM's ``structures``).
+
+    Example (config)::
+
+        "data": {"_target_": "common.data.tasks2d.task_entries", "task": "aptos", "split": "training",
+                 "data_dir": "@data_dir", "datalist": "@datalist", "split_file": "@split_file"}
+    """
+    from common.data.images2d import read_image_datalist
+
+    if input_dir:
+        return folder_entries(input_dir)
+    if datalist:
+        entries = read_image_datalist(datalist, split)
+        base = Path(datalist).parent
+        for e in entries:  # PALM: one mask path per structure
+            if isinstance(e.get("label"), list) and all(isinstance(v, str) for v in e["label"]):
+                e["label"] = [v if os.path.isabs(v) else str(base / v) for v in e["label"]]
+        return entries
+    if not data_dir:
+        raise ValueError(
+            f"no data for {task}: give --dataset_dir (the dataset's own layout), --datalist or --input_dir"
+        )
+    split_file = split_file or Path(data_dir) / f"split_mrm_{task}.json"
+    return task_datalist(task, data_dir, split_file, split, **reader_kwargs)
+
+
+def readable_entries(entries: Sequence[dict], size: int | None = None, check_content: bool = True) -> list[dict]:
+    """The entries whose image passes :func:`common.data.images2d.check_image2d`; each one that does not is logged
+    with its file and problem and left out (batch inference goes on with the others). Every image failing stops
+    with the problems listed.
+
+    Example: ``dataset = Dataset(readable_entries(entries), transform)``.
+    """
+    from common.data.images2d import check_image2d
+
+    kept, dropped = [], []
+    for e in entries:
+        problems = check_image2d(e["image"], str(e.get("subject_id", "")), size=size, check_content=check_content)
+        errors = [p for p in problems if p.severity == "error"]
+        for p in problems:
+            (logger.error if p.severity == "error" else logger.warning)(str(p))
+        (dropped if errors else kept).append(e)
+    if dropped:
+        logger.error(
+            f"skipping {len(dropped)} of {len(entries)} images that cannot be read: {[e['subject_id'] for e in dropped][:10]}"
+        )
+    if not kept:
+        raise ValueError(f"none of the {len(entries)} images can be read (problems logged above)")
+    return kept
+
+
+class SavePALMMasksd:
+    """Write predicted structure masks as PNGs in PALM's own convention (0 = structure, 255 = background), one file
+    per structure: ``<output_dir>/<image stem>_<structure>.png``, at the size of ``pred`` (after ``Invertd``: the
+    input image's own size). The inverse of :func:`read_palm`'s conversion, so PALM's tools score them as they are.
+
+    Args:
+        keys: the prediction key (``[S, H, W]``, 0/1 per structure channel).
+        output_dir: where the PNGs go (created).
+        structures: one name per channel.
+        meta_key: the key whose ``filename_or_obj`` names the file (the image).
+
+    Example (config)::
+
+        {"_target_": "common.data.tasks2d.SavePALMMasksd", "keys": "pred", "output_dir": "@output_dir",
+         "structures": ["disc", "atrophy"]}
+    """
+
+    def __init__(
+        self, keys: str = "pred", output_dir: str = ".", structures: Sequence[str] = ("disc", "atrophy"),
+        meta_key: str = "image",
+    ) -> None:  # fmt: skip
+        self.key, self.output_dir, self.structures, self.meta_key = keys, Path(output_dir), list(structures), meta_key
+
+    def __call__(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        pred = np.asarray(data[self.key].detach().cpu() if hasattr(data[self.key], "detach") else data[self.key])
+        if pred.ndim != 3 or pred.shape[0] != len(self.structures):
+            raise ValueError(f"expected a prediction [{len(self.structures)}, H, W], got {tuple(pred.shape)}")
+        source = data[self.meta_key].meta["filename_or_obj"] if hasattr(data[self.meta_key], "meta") else "case"
+        stem = Path(str(source)).stem
+        for channel, structure in zip(pred, self.structures):
+            _write_png(np.where(channel > 0.5, 0, 255).astype(np.uint8), self.output_dir / f"{stem}_{structure}.png")
+        logger.info(f"wrote {len(self.structures)} masks of {source} to {self.output_dir}")
+        return data

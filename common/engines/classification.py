@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import csv
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from ignite.engine import Engine, Events
 
-__all__ = ["ClassLabelError", "check_class_labels", "class_and_probabilities", "case_ids"]
+__all__ = [
+    "ClassLabelError",
+    "check_class_labels",
+    "class_and_probabilities",
+    "case_ids",
+    "class_rows",
+    "PredictionWriter",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -91,3 +101,83 @@ def case_ids(key: str = "subject_id") -> Callable[[Any], list[dict]]:
         return [{"filename_or_obj": str(item[key])} for item in items]
 
     return _transform
+
+
+def class_rows(class_names: Sequence[str], key: str = "pred") -> Callable[[Any], list[list]]:
+    """``row_transform`` for :class:`PredictionWriter`: per case ``[predicted class name, p_0, ..., p_{K-1}]``.
+
+    Example: ``class_rows(["II", "III", "IV"])([{"pred": torch.tensor([0.1, 0.7, 0.2])}])  # [['III', 0.1, 0.7, 0.2]]``.
+    """
+    names = [str(n) for n in class_names]
+
+    def _transform(output: Any) -> list[list]:
+        items = output if isinstance(output, list) else [output]
+        probs = [torch.as_tensor(item[key]).detach().flatten().float().cpu() for item in items]
+        return [[names[int(p.argmax())], *p.tolist()] for p in probs]
+
+    return _transform
+
+
+def _values(output: Any, key: str = "pred") -> list[list]:
+    items = output if isinstance(output, list) else [output]
+    return [torch.as_tensor(item[key]).detach().flatten().float().cpu().tolist() for item in items]
+
+
+class PredictionWriter:
+    """Evaluator handler: a predictions CSV with a header, one row per case, written when the run completes.
+
+    Why not MONAI's ``ClassificationSaver``: its CSV has no header, and a row of 46 RFMiD probabilities or of six
+    CRP risk factors needs its column names.
+
+    Args:
+        output_dir: folder of the CSV (created).
+        columns: names of the values of a row (after the id column).
+        filename: the CSV's name.
+        row_transform: engine output -> one list of values per case; default: the flattened ``pred``.
+        id_key: the batch field that names a case; id_column: its column header.
+
+    Example (config)::
+
+        {"_target_": "common.engines.classification.PredictionWriter", "output_dir": "@output_dir",
+         "columns": "$['diagnosis'] + [f'p_{c}' for c in @class_names]",
+         "row_transform": "$common.engines.classification.class_rows(@class_names)", "id_column": "id_code"}
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        columns: Sequence[str],
+        filename: str = "predictions.csv",
+        row_transform: Callable[[Any], list[list]] | None = None,
+        id_key: str = "subject_id",
+        id_column: str = "subject_id",
+    ) -> None:
+        self.path = os.path.join(output_dir, filename)
+        self.columns, self.row_transform = [str(c) for c in columns], row_transform or _values
+        self.id_key, self.id_column = id_key, id_column
+        self.rows: list[list] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda e: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def collect(self, engine: Engine) -> None:
+        batch = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
+        values = self.row_transform(engine.state.output)
+        if len(values) != len(batch):
+            raise ValueError(f"{len(values)} prediction rows for a batch of {len(batch)} cases")
+        for item, row in zip(batch, values):
+            if len(row) != len(self.columns):
+                raise ValueError(f"a prediction row of {len(row)} values for the columns {self.columns}")
+            self.rows.append([str(item[self.id_key]), *row])
+
+    def write(self, engine: Engine) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow([self.id_column, *self.columns])
+            writer.writerows(self.rows)
+        os.replace(tmp, self.path)
+        logger.info(f"wrote {len(self.rows)} predictions to {self.path}")

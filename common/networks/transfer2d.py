@@ -61,11 +61,16 @@ def target_kinds(targets: Mapping[str, str]) -> tuple[list[str], list[str]]:
 
 
 def _stats_tensors(
-    names: Sequence[str], kinds: Sequence[str], target_stats: Mapping[str, Mapping[str, float]] | None
+    names: Sequence[str], kinds: Sequence[str], target_stats: Mapping[str, Mapping[str, float]] | str | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel ``mean`` and ``std``: the training statistics of continuous targets, 0 and 1 elsewhere."""
+    """Per-channel ``mean`` and ``std``: the training statistics of continuous targets, 0 and 1 elsewhere
+    (``"checkpoint"``: 0 and 1 until a checkpoint that holds them loads, without the warning of ``None``)."""
     mean, std = torch.zeros(len(names)), torch.ones(len(names))
     continuous = [n for n, k in zip(names, kinds) if k == "continuous"]
+    if isinstance(target_stats, str):
+        if target_stats != "checkpoint":
+            raise ValueError(f"target_stats must be a mapping, None or 'checkpoint', got {target_stats!r}")
+        return mean, std  # restored by loading a checkpoint: nothing to warn about
     if continuous and target_stats is None:
         logger.warning(
             f"no target_stats for the continuous targets {continuous}: regressing them in raw units (mean 0, std 1);"
@@ -95,7 +100,8 @@ class TransferViT2D(ViTClassifier):
         targets: ordered ``{name: "continuous" | "binary"}``, one channel each (RFMiD: every label ``binary``;
             CRP: ``age``, ``bmi``, ... ``continuous``, ``sex``, ``smoking`` ``binary``).
         target_stats: ``{name: {"mean": m, "std": s}}`` of the continuous targets on the training split
-            (:func:`common.data.tasks2d.fit_target_stats`); ``None`` leaves mean 0, std 1 until a checkpoint loads.
+            (:func:`common.data.tasks2d.fit_target_stats`); ``None`` leaves mean 0, std 1 until a checkpoint loads
+            (with a warning); ``"checkpoint"`` says that one will (inference, evaluation).
         linear_probe: freeze the encoder (no gradients, eval mode); only the norm and head train.
         in_channels, img_size, patch_size, hidden_size, mlp_dim, num_layers, num_heads, qkv_bias, dropout_rate,
             fused_attention: the encoder, as for :func:`~common.networks.vit.unetr_vit` (ViT-B/16 at 224 default).
@@ -113,7 +119,7 @@ class TransferViT2D(ViTClassifier):
         self,
         num_outputs: int | None = None,
         targets: Mapping[str, str] | None = None,
-        target_stats: Mapping[str, Mapping[str, float]] | None = None,
+        target_stats: Mapping[str, Mapping[str, float]] | str | None = None,
         linear_probe: bool = False,
         in_channels: int = 3,
         img_size: Sequence[int] | int = 224,
@@ -143,7 +149,9 @@ class TransferViT2D(ViTClassifier):
         self.register_buffer("target_std", std)  # [T]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = super().forward(x)  # x: [B, C, H, W] -> z: [B, T] (logits; z-scores of continuous targets)
+        # x: [B, C, H, W] -> z: [B, T] (logits; z-scores of continuous targets); ViTClassifier.forward spelled out,
+        # as TorchScript (ckpt_export) cannot compile super()
+        z = self.head(self.norm(self.features(x)))
         return self.target_mean + self.target_std * z  # continuous in own units; 0 + 1 * z elsewhere
 
 
@@ -299,10 +307,13 @@ def transfer_unetr_2d(
     dropout_rate: float = 0.0,
     norm_name: str = "instance",
     fused_attention: bool = True,
+    freeze_encoder: bool = False,
 ) -> UNETR:
     """MONAI's ``UNETR(spatial_dims=2)`` for PALM segmentation (one output channel per structure: sigmoid each,
     structures may overlap). Its ``vit`` is built as :func:`~common.networks.vit.unetr_vit` builds it (conv patch
     embedding, patch 16, 12 blocks: UNETR's fixed depth), so an mrm encoder's ``vit.*`` keys load unchanged.
+    ``freeze_encoder=True`` (the segmentation form of a linear probe) leaves the ViT without gradients, so only the
+    decoder trains (the ViT has no dropout or batch statistics by default: train and eval mode compute the same).
 
     Example::
 
@@ -310,8 +321,11 @@ def transfer_unetr_2d(
         >>> net(torch.randn(1, 3, 32, 32)).shape
         torch.Size([1, 2, 32, 32])
     """
-    return fused_unetr(
+    net = fused_unetr(
         fused_attention, in_channels=in_channels, out_channels=out_channels, img_size=img_size,
         feature_size=feature_size, hidden_size=hidden_size, mlp_dim=mlp_dim, num_heads=num_heads,
         proj_type="conv", norm_name=norm_name, dropout_rate=dropout_rate, spatial_dims=2, qkv_bias=qkv_bias,
     )  # fmt: skip
+    if freeze_encoder:
+        net.vit.requires_grad_(False)
+    return net
