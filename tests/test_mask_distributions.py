@@ -152,3 +152,27 @@ def test_sample_relation_floors_either_sides_tiny_norms(side):
     # the 1e-10 row over max(norm, 1e-8) = 1e-8: cosine 0.01 with the unit row (F.normalize's own 1e-12 gives 1)
     expected = torch.tensor([[0.01, 0.01], [1.0, 1.0]]) if side == 0 else torch.tensor([[0.01, 1.0], [0.01, 1.0]])
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_default_cubes_and_ratio_mask_seven_of_eight_cells():
+    m = cube_mask((16, 16, 16), 3, generator=_g(0))  # defaults: cubes of 8, ratio 0.875 -> 7 of the 8 cells
+    assert torch.equal(m.flatten(1).sum(1), torch.full((3,), 7 * 512))
+    x, t = torch.zeros(3, 1, 16, 16, 16), torch.ones(1, 1, 16, 16, 16)
+    a, b = template_copies(x, t, torch.ones(1, dtype=torch.bool), generator=_g(1))  # the same defaults
+    assert torch.equal(a.flatten(1).sum(1), torch.full((3,), 7.0 * 512)) and a.shape == x.shape
+
+
+def test_template_copies_keep_the_inputs_shape_for_several_modalities():
+    x, t = torch.zeros(5, 4, 2, 3, 2), torch.ones(1, 4, 2, 3, 2)
+    a, b = template_copies(x, t, torch.ones(4, dtype=torch.bool), generator=_g(0))
+    assert a.shape == x.shape and b.shape == x.shape
+    # whole channels are replaced: every channel is all template or all input
+    per_channel = a.flatten(2)
+    assert torch.equal(per_channel.amin(2), per_channel.amax(2))
+
+
+def test_without_a_partner_one_patch_is_always_left():
+    lone = torch.zeros(50, 2, 4, dtype=torch.bool)
+    lone[:, 0] = True
+    masked = patch_mask(lone, 0.99, _g(0))  # round(0.99 * 4) = 4, capped at 4 - 1
+    assert torch.equal(masked.sum((1, 2)), torch.full((50,), 3))
