@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from PIL import Image
 
 from common.engines.metrics import (
@@ -367,3 +367,20 @@ def test_per_case_metric_columns_take_the_region_names(tmp_path):
     assert (tmp_path / "val_dice_tc_raw.csv").read_text() == "filename\tvalue\tmean\nS1\t0.1\t0.1\n"
     assert (tmp_path / "val_two_raw.csv").read_text().startswith("filename,class0,class1,mean")  # 2 of 3: kept
     assert sorted(p.split("/")[-1] for p in done) == ["val_dice_tc_raw.csv", "val_mean_dice_raw.csv"]
+
+
+def test_named_metrics_saver_renames_after_monais_writer(tmp_path):
+    """Through ignite: MONAI's saver writes class0/1/2 at EPOCH_COMPLETED, ours renames them right after."""
+    from common.engines.metrics import NamedMetricsSaver
+
+    engine = Engine(lambda e, b: None)
+    saver = NamedMetricsSaver(str(tmp_path), metric_details="*", class_labels=["TC", "WT", "ET"],
+                              batch_transform=lambda batch: [{"filename_or_obj": "S1"}])  # fmt: skip
+
+    @engine.on(Events.ITERATION_COMPLETED)
+    def _details(e):
+        e.state.metric_details = {"val_mean_dice": torch.tensor([[0.1, 0.2, 0.3]])}
+
+    saver.attach(engine)
+    engine.run([0], max_epochs=1)
+    assert (tmp_path / "val_mean_dice_raw.csv").read_text().splitlines()[0] == "filename,TC,WT,ET,mean"

@@ -46,7 +46,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         module, _, name = dotted.rpartition(".")
         try:
             found.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
+        except Exception:  # noqa: BLE001 - a module that cannot be imported (or is mid-edit) is skipped
             continue
     return tuple(found)
 

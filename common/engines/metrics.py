@@ -497,7 +497,7 @@ class NamedMetricsSaver(MetricsSaver):
         super().__init__(*args, **kwargs)
         self.class_labels = list(class_labels)
 
-    def _finalize(self, engine: Any) -> None:
-        super()._finalize(engine)
+    def __call__(self, engine: Any) -> None:
+        super().__call__(engine)
         if idist.get_rank() == self.save_rank and self.class_labels:
             name_metric_columns(self.save_dir, self.class_labels)
