@@ -256,6 +256,7 @@ def gimp_data(
     label_dict: Mapping[str, int] | None = None,
     need_bags: bool = True,
     need_expression: bool = True,
+    need_labels: bool = True,
 ) -> dict[str, Any]:
     """Every split of a GiMP dataset, joined, with the expression standardised (source rules: module docstring).
 
@@ -271,9 +272,10 @@ def gimp_data(
         label_dict: label text -> class index (default: numbers as themselves, text in sorted order).
         need_bags: join the feature bags (``False`` for GroupMSA alone).
         need_expression: join the expression (``False`` for the WSI-only baseline).
+        need_labels: a case without a class label is an error (``False`` for inference on new patients).
 
     Returns:
-        ``{"training", "validation", "testing": [entries], "genes": [names] | None, "num_genes": int | None,
+        ``{"training", "validation", "testing", "all": [entries], "genes": [names] | None, "num_genes": int | None,
         "expression_stats": dict | None, "classes": [names] | None, "source": str, "problems": [Problem]}``.
     """
     problems: list[Problem] = []
@@ -291,7 +293,7 @@ def gimp_data(
         splits, meta, problems = _from_datalist(datalist, need_bags)
         source = datalist
     for split, entries in splits.items():
-        for e in entries:
+        for e in entries if need_labels else []:
             if e.get("label") is None:
                 problems.append(Problem("error", e["case_id"], None, f"{split} case without a class label"))
     stats = None
@@ -305,6 +307,7 @@ def gimp_data(
     logger.info(f"GiMP data from {source}: {counts} cases" + (f", {len(stats['features'])} genes" if stats else ""))
     return {
         **splits,
+        "all": [e for s in SPLITS for e in splits[s]],
         "genes": None if stats is None else list(stats["features"]),
         "num_genes": None if stats is None else len(stats["features"]),
         "expression_stats": stats,
@@ -349,11 +352,17 @@ def check_gimp_data(
     raise_for_problems(problems)
 
 
-def collate_bags(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def collate_bags(batch: Sequence[Mapping[str, Any]], image: str | None = None) -> dict[str, Any]:
     """Collate patients with bags of different lengths: ``bag`` right-padded with zeros to the longest.
 
     Why not MONAI's ``pad_list_data_collate``: it pads the spatial dims of channel-first images, while a bag is
     ``[N, D]`` with ``N`` the patches; here the real lengths travel as ``length`` so the aggregator masks the padding.
+
+    Args:
+        batch: entries with ``bag [N_i, D]`` and/or ``expression [G]``, ``label`` and ``case_id``.
+        image: also put this key's tensor under ``image``, the network input of MONAI's engines (their
+            ``default_prepare_batch`` / ``PrepareBatchExtraInput`` read ``image`` and ``label``): ``"bag"`` for the
+            aggregator, ``"expression"`` for GroupMSA.
 
     Returns:
         ``bag [B, N_max, D]``, ``length [B]``, ``expression [B, G]``, ``label [B]`` (those present) and ``case_id``.
@@ -373,6 +382,8 @@ def collate_bags(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         out["expression"] = torch.as_tensor(np.stack([np.asarray(b["expression"]) for b in batch]), dtype=torch.float32)
     if "label" in batch[0] and batch[0]["label"] is not None:
         out["label"] = torch.as_tensor([int(b["label"]) for b in batch], dtype=torch.long)
+    if image is not None:
+        out["image"] = out[image]
     return out
 
 
