@@ -291,3 +291,25 @@ def test_bad_input_stops_the_run_before_the_first_step(demo, tmp_path):
     assert proc.returncode != 0 and "data error(s), fix them before training" in text
     assert all(case in text for key, case in bad.items() if key != "no_expr")  # WSI-only: expression not read
     assert "Epoch: 1/" not in text and not (tmp_path / "m" / "checkpoints").exists()
+
+
+def test_the_classifier_traces_to_torchscript_for_any_bag_length(tmp_path):
+    """MONAI's ckpt_export traces one input tensor; GiMPClassifier takes a bag and an expression vector (its
+    ``GroupMSA | None`` attribute does not script), so it is exported with ``torch.jit.trace`` on both inputs.
+    A batch-1 trace (no padding, no lengths) stays exact for other bag lengths: the PPEG grid is recomputed."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / CFG["gimp_nsclc"]["train"]))
+    parser.update({"feature_dim": 16, "hidden_size": 32, "heads": 4, "num_landmarks": 8, "fragment_length": 8,
+                   "num_groups": 2, "gene_num_heads": 4, "num_genes": 40})  # fmt: skip
+    net = parser.get_parsed_content("network_def").eval()
+    bag, expr = torch.randn(1, 50, 16), torch.randn(1, 40)
+    with torch.no_grad():
+        traced = torch.jit.trace(net, (bag, expr), check_trace=False)
+    traced.save(str(tmp_path / "model.ts"))
+    loaded = torch.jit.load(str(tmp_path / "model.ts"))
+    for n in (50, 83, 400):
+        x = torch.randn(1, n, 16)
+        with torch.no_grad():
+            assert torch.allclose(loaded(x, expr), net(x, expr), atol=1e-5)
