@@ -79,6 +79,10 @@ def test_sources_agree_and_standardisation_is_fitted_on_training(demo, tmp_path)
             w.writerow([i, *[x for col in cols for x in (col[i] if i < len(col) else ("", ""))]])
     by_folds = gimp_data(feature_dir=str(demo), csv=str(demo / "clam.csv"), splits_csv=str(tmp_path / "fold0.csv"),
                          expression=str(demo / "expression.csv"))  # fmt: skip
+    # no split file: 60 / 20 / 20 stratified by class in case-id order, the rule the demo's own split follows
+    no_split = gimp_data(feature_dir=str(demo), csv=str(demo / "clam.csv"), expression=str(demo / "expression.csv"))
+    for split in ("training", "validation", "testing"):
+        assert [e["case_id"] for e in no_split[split]] == [e["case_id"] for e in by_list[split]]
     for split in ("training", "validation", "testing"):
         a, b, c = by_list[split], by_csv[split], by_folds[split]
         assert [e["case_id"] for e in a] == [e["case_id"] for e in b]

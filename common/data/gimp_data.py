@@ -285,6 +285,9 @@ def gimp_data(
             raise ValueError("--feature_dir needs --csv: CLAM's case_id, slide_id, label CSV or a TransMIL fold CSV")
         splits, problems = _from_csv(feature_dir, csv, splits_csv, label_dict, need_bags)
         source = f"{feature_dir or ''} + {csv}"
+        if not need_labels:  # inference on some patients of a feature folder: its other slides are no error
+            problems = [Problem("warning", p.subject, p.file, p.message) if p.message.startswith("feature file of a")
+                        else p for p in problems]  # fmt: skip
     else:
         if not datalist:
             from common.data.demo_gimp import demo_gimp_datalist
