@@ -317,3 +317,20 @@ def test_the_classifier_traces_to_torchscript_for_any_bag_length(tmp_path):
         x = torch.randn(1, n, 16)
         with torch.no_grad():
             assert torch.allclose(loaded(x, expr), net(x, expr), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(CFG))
+def test_a_packaged_bundle_carries_its_helpers(name):
+    import sys
+
+    sys.path.insert(0, str(REPO / "tools"))
+    import package_bundle
+
+    files = {p.relative_to(REPO).as_posix() for p in package_bundle.common_closure(REPO / "bundles" / name / "configs")}
+    need = {"common/data/gimp_data.py", "common/data/demo_gimp.py", "common/data/expression.py",
+            "common/data/wsi_features.py", "common/networks/groupmsa.py", "common/engines/checkpoint.py"}  # fmt: skip
+    if name != "gimp_groupmsa":
+        need |= {"common/networks/nystrom.py", "common/networks/gimp.py", "common/losses/gimp.py"}
+    if name == "gimp_nsclc":
+        need |= {"common/engines/gimp.py", "common/engines/classification.py"}
+    assert need <= files

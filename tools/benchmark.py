@@ -326,6 +326,31 @@ def _gimp(task: str) -> Callable[..., Case]:
     return build
 
 
+def _gimp_groupmsa(shape: str, batch: int | None = None, edge: int | None = None, channels_last: bool = False) -> Case:
+    """Supervised GroupMSA step on expression vectors (paper: 60,480 genes, 64-gene fragments, 32 groups, width
+    512; ``edge`` = number of genes)."""
+    from common.networks.groupmsa import GroupMSAClassifier
+
+    paper = shape == "paper"
+    b, genes = batch or (16 if paper else 8), edge or (60480 if paper else 300)
+    size = (
+        dict(fragment_length=64, num_groups=32, hidden_size=512)
+        if paper
+        else dict(fragment_length=8, num_groups=4, hidden_size=64, num_heads=4)
+    )
+    net = GroupMSAClassifier(num_classes=2, num_genes=genes, **size)
+    opt = torch.optim.AdamW(net.parameters(), 1e-4)
+    x, y = torch.randn(b, genes), torch.arange(b) % 2
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return Case("gimp_groupmsa", f"{b}x{genes} genes", b, step)
+
+
 CASES: dict[str, Callable[..., Case]] = {
     "m2mae": _m2mae,
     "m2mae_seg": _m2mae_seg,
@@ -336,6 +361,7 @@ CASES: dict[str, Callable[..., Case]] = {
     "m2mae_cls_finetune": _m2mae_cls(linear_probe=False),
     "brainmvp_seg": _brainmvp_downstream("seg"),
     "brainmvp_cls": _brainmvp_downstream("cls"),
+    "gimp_groupmsa": _gimp_groupmsa,
     "gimp": _gimp("pretrain"),
     "gimp_nsclc": _gimp("finetune"),
 }
