@@ -299,6 +299,78 @@ def _mrm(num_snps: int) -> Callable[..., Case]:
     return build
 
 
+def _gimp(task: str) -> Callable[..., Case]:
+    """GiMP steps: ``pretrain`` (window of ``edge`` = L patches, masked patch modelling + frozen GroupMSA + triplet)
+    or ``finetune`` (whole bags of ``edge`` patches through aggregator + GroupMSA + MLP head). Paper shape: 1024-d
+    features, width 512, 60,480 genes (64-gene fragments, 32 groups), L = 6,000; batch 8 (the paper gives none)."""
+
+    def build(shape: str, batch: int | None = None, edge: int | None = None, channels_last: bool = False) -> Case:
+        from common.networks.gimp import GiMP, GiMPClassifier
+        from common.networks.groupmsa import GroupMSA
+        from common.networks.nystrom import NystromAggregator
+
+        paper = shape == "paper"
+        b, n = batch or (8 if paper else 4), edge or (6000 if paper else 256)
+        f, d, genes = (1024, 512, 60480) if paper else (64, 32, 200)
+        agg = NystromAggregator(in_features=f, dim=d) if paper else NystromAggregator(f, d, heads=4, num_landmarks=8)
+        groupmsa = (
+            GroupMSA(genes, 64, 32, hidden_size=d) if paper else GroupMSA(genes, 8, 4, hidden_size=d, num_heads=4)
+        )
+        x, expr, labels = torch.randn(b, n, f).relu(), torch.randn(b, genes), torch.arange(b) % 2
+        if task == "pretrain":
+            net = GiMP(agg, groupmsa, subsequence_length=n)
+            opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], 1e-4)
+
+            def step() -> None:
+                out = net(x, expr, labels)
+                opt.zero_grad(set_to_none=True)
+                (out["loss_rec"] + out["loss_tri"]).backward()
+                opt.step()
+
+            def masking() -> None:
+                net.random_masking(x, None)
+
+            return Case("gimp", f"{b}x{n}x{f} L={n}", b, step, masking)
+        net = GiMPClassifier(agg, groupmsa, num_classes=2)
+        opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], 1e-4)
+        lengths = torch.full((b,), n)
+
+        def finetune() -> None:
+            loss = torch.nn.functional.cross_entropy(net(x, expr, lengths), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return Case("gimp_nsclc", f"{b}x{n}x{f} whole bags", b, finetune)
+
+    return build
+
+
+def _gimp_groupmsa(shape: str, batch: int | None = None, edge: int | None = None, channels_last: bool = False) -> Case:
+    """Supervised GroupMSA step on expression vectors (paper: 60,480 genes, 64-gene fragments, 32 groups, width
+    512; ``edge`` = number of genes)."""
+    from common.networks.groupmsa import GroupMSAClassifier
+
+    paper = shape == "paper"
+    b, genes = batch or (16 if paper else 8), edge or (60480 if paper else 300)
+    size = (
+        dict(fragment_length=64, num_groups=32, hidden_size=512)
+        if paper
+        else dict(fragment_length=8, num_groups=4, hidden_size=64, num_heads=4)
+    )
+    net = GroupMSAClassifier(num_classes=2, num_genes=genes, **size)
+    opt = torch.optim.AdamW(net.parameters(), 1e-4)
+    x, y = torch.randn(b, genes), torch.arange(b) % 2
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return Case("gimp_groupmsa", f"{b}x{genes} genes", b, step)
+
+
 CASES: dict[str, Callable[..., Case]] = {
     "m2mae": _m2mae,
     "m2mae_seg": _m2mae_seg,
@@ -311,7 +383,12 @@ CASES: dict[str, Callable[..., Case]] = {
     "brainmvp_cls": _brainmvp_downstream("cls"),
     "mrm_g1k": _mrm(1_000),
     "mrm_g100k": _mrm(100_000),
+    "gimp_groupmsa": _gimp_groupmsa,
+    "gimp": _gimp("pretrain"),
+    "gimp_nsclc": _gimp("finetune"),
 }
+# bag-length cases: --scaling times them at these lengths (patches), batch as their paper shape
+BAG_LENGTHS: dict[str, tuple[int, ...]] = {"gimp": (1500, 6000, 24000), "gimp_nsclc": (1500, 6000, 24000)}
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
@@ -476,7 +553,8 @@ def run(
         repeats: timed steps per case (the fastest is reported).
         threads: ``torch.set_num_threads`` (default: PyTorch's choice).
         write: append the report to ``docs/BENCHMARKS.md``.
-        scaling: a case name: time it at batch 1, 2, 4 and crop edge 64, 96, 128 and fit the exponents.
+        scaling: a case name: time it at batch 1, 2, 4 and crop edge 64, 96, 128 and fit the exponents; a bag case
+            (``BAG_LENGTHS``: gimp, gimp_nsclc) at bag / window lengths 1,500, 6,000 and 24,000 patches instead.
         batch: batch size instead of each case's default.
         channels_last: networks (5-D weights) and 5-D inputs in ``torch.channels_last_3d``, as the bundles'
             ``channels_last`` switch (rows marked ``CL``).
@@ -494,7 +572,14 @@ def run(
     names = [scaling] if scaling else ([cases] if isinstance(cases, str) else list(cases or CASES))
     rows = []
     common = {"shape": "paper", "channels_last": channels_last}
-    if scaling:
+    if scaling in BAG_LENGTHS:
+        lengths = BAG_LENGTHS[scaling]
+        rows = [measure_isolated(scaling, {**common, "batch": batch, "edge": n}, repeats, peak, device, amp)
+                for n in lengths]  # fmt: skip
+        t_exp = _slope(list(lengths), [r["step_s"] for r in rows])
+        m_exp = _slope(list(lengths), [r["peak_mem_gib"] for r in rows])
+        note = f"\nstep time ~ L^{t_exp:.2f}, peak memory ~ L^{m_exp:.2f} (least-squares fit in log-log over L = {list(lengths)})\n"
+    elif scaling:
         for b in (1, 2, 4):
             rows.append(measure_isolated(scaling, {**common, "batch": b, "edge": 64}, repeats, peak, device, amp))
         for e in (64, 96, 128):

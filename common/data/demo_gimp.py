@@ -45,7 +45,7 @@ import numpy as np
 
 from common.data.demo import _locked, default_cache_dir
 
-__all__ = ["CLASSES", "build_demo_gimp", "demo_gimp_datalist"]
+__all__ = ["CLASSES", "build_demo_gimp", "demo_gimp_datalist", "stratified_split"]
 
 CLASSES: tuple[str, ...] = ("type_a", "type_b")
 _VERSION = 1
@@ -131,8 +131,14 @@ def _write_h5(path: Path, features: np.ndarray, coords: np.ndarray, size: tuple[
     os.replace(tmp, path)
 
 
-def _split(labels: list[int]) -> list[str]:
-    """Stratified 60 / 20 / 20 assignment in patient order (at least one validation and test patient)."""
+def stratified_split(labels: list[int]) -> list[str]:
+    """Stratified 60 / 20 / 20 assignment in patient order (at least one validation and test patient per class).
+
+    Example::
+
+        >>> stratified_split([0, 1] * 5)
+        ['training', 'training', 'training', 'training', 'training', 'training', 'validation', 'validation', 'testing', 'testing']
+    """
     out = [""] * len(labels)
     for c in sorted(set(labels)):
         members = [i for i, y in enumerate(labels) if y == c]
@@ -238,7 +244,7 @@ def build_demo_gimp(
             writer.writerow(["case_id", *genes])
             for entry, values in zip(entries, expression):
                 writer.writerow([entry["case_id"], *(f"{v:.4f}" for v in values)])
-        parts = _split([e["label"] for e in entries])
+        parts = stratified_split([e["label"] for e in entries])
         by_part = {p: [e for e, q in zip(entries, parts) if q == p] for p in ("training", "validation", "testing")}
         columns = {k: [s for e in by_part[p] for s in e["slide_ids"]] for k, p in
                    (("train", "training"), ("val", "validation"), ("test", "testing"))}  # fmt: skip
@@ -265,9 +271,22 @@ def build_demo_gimp(
 
 
 def demo_gimp_datalist(
-    num_patients: int = 48, num_genes: int = 300, min_patches: int = 200, max_patches: int = 3000, seed: int = 0
+    num_patients: int = 48,
+    num_genes: int = 300,
+    min_patches: int = 200,
+    max_patches: int = 3000,
+    seed: int = 0,
+    feature_dim: int = 1024,
+    write_pt: bool = True,
+    signal: float = 1.0,
 ) -> str:
-    """The demo set in the cache, one folder per parameter set; returns its ``datalist.json``."""
+    """The demo set in the cache, one folder per parameter set; returns its ``datalist.json``.
+
+    The bundles build a small variant (see their ``demo`` config key): the default here is ~460 MB.
+    """
     name = f"demo_gimp_v{_VERSION}_p{num_patients}_g{num_genes}_n{min_patches}-{max_patches}_seed{seed}"
+    if feature_dim != 1024 or not write_pt or signal != 1.0:
+        name += f"_f{feature_dim}{'' if write_pt else '_h5'}_s{signal:g}"
     return build_demo_gimp(os.path.join(default_cache_dir(), name), num_patients, num_genes, min_patches,
-                           max_patches, seed=seed)  # fmt: skip
+                           max_patches, feature_dim=feature_dim, signal=signal, seed=seed,
+                           write_pt=write_pt)  # fmt: skip

@@ -35,6 +35,7 @@ __all__ = [
     "set_rng_state",
     "ResumableCheckpoint",
     "load_encoder",
+    "require_checkpoint",
     "BestModelSaver",
     "EncoderLoader",
     "sha256_file",
@@ -535,6 +536,20 @@ def load_encoder(
         logger.info(f"inflated {inflated} from 1 input channel to the network's input channels")
     logger.info(f"loaded {len(found)} of {len(own)} pre-trained encoder tensors ('{prefix}*') from {path}")
     return len(found)
+
+
+def require_checkpoint(path: str | os.PathLike | None, what: str, hint: str = "") -> str:
+    """``path`` when it names a file, else a ``FileNotFoundError`` that says which checkpoint and how to get one.
+
+    For checkpoints a run cannot do without (GiMP's frozen GroupMSA), where ``load_encoder`` would train from
+    scratch on an empty path.
+
+    Example: ``require_checkpoint(None, "GroupMSA gene encoder", "run gimp_groupmsa first")`` raises.
+    """
+    if not path or not os.path.isfile(path):
+        given = f"{path} not found" if path else "no path given"
+        raise FileNotFoundError(f"{what} checkpoint: {given}" + (f"; {hint}" if hint else ""))
+    return str(path)
 
 
 class BestModelSaver:

@@ -214,7 +214,8 @@ class GiMPClassifier(_FrozenGeneEncoder):
     Args:
         aggregator: the patch aggregator.
         gene_encoder: the GroupMSA; ``None`` selects the WSI-only variant (expression is then ignored).
-        num_classes: number of classes.
+        num_classes: number of classes; 0 gives no head, and ``forward`` returns the embedding ``CLS_pat``
+            (feature extraction, as the pre-training bundle's inference writes it).
         head_hidden: hidden width of the MLP head (default: the aggregator width; 0 for a linear head).
         head_dropout: dropout before the last layer of the head.
         freeze_gene_encoder: keep GroupMSA frozen while fine-tuning (default, as in pre-training: it was trained
@@ -244,7 +245,9 @@ class GiMPClassifier(_FrozenGeneEncoder):
         self._set_gene_encoder(gene_encoder, freeze=freeze_gene_encoder)
         width = aggregator.dim * (1 if gene_encoder is None else 2)
         hidden = aggregator.dim if head_hidden is None else head_hidden
-        if hidden > 0:
+        if num_classes == 0:
+            self.head = nn.Identity()
+        elif hidden > 0:
             self.head = nn.Sequential(
                 nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(head_dropout), nn.Linear(hidden, num_classes)
             )
@@ -264,7 +267,8 @@ class GiMPClassifier(_FrozenGeneEncoder):
     def forward(
         self, features: torch.Tensor, expression: torch.Tensor | None = None, lengths: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Logits ``[B, num_classes]`` of bags ``[B, N, F]`` (right-padded, ``lengths`` real patches each)."""
+        """Logits ``[B, num_classes]`` of bags ``[B, N, F]`` (right-padded, ``lengths`` real patches each);
+        ``CLS_pat [B, 2d]`` (or ``CLS_img [B, d]``) when ``num_classes == 0``."""
         return self.head(self.embed(features, expression, lengths))
 
 
