@@ -299,6 +299,54 @@ def _mrm(num_snps: int) -> Callable[..., Case]:
     return build
 
 
+def _mrm_transfer(task: str) -> Callable[..., Case]:
+    """The mrm downstream bundles' fine-tuning step (full fine-tuning, AdamW): ``TransferViT2D`` with the task's head
+    and loss (APTOS 5 classes, glioma 3, RFMiD 46 binary labels, CRP 4 continuous + 2 binary targets), or PALM's 2D
+    UNETR with a per-structure sigmoid loss. Paper shape: ViT-B/16 at 224, batch 8 (the paper gives none)."""
+
+    def build(shape: str, batch: int | None = None, edge: int | None = None, channels_last: bool = False) -> Case:
+        from common.networks.transfer2d import TargetLoss, TransferViT2D, transfer_unetr_2d
+
+        paper = shape == "paper"
+        b, e = batch or (8 if paper else 2), edge or (224 if paper else 32)
+        size = (
+            dict(hidden_size=768, mlp_dim=3072, num_heads=12)
+            if paper
+            else dict(hidden_size=48, mlp_dim=96, num_heads=4)
+        )
+        x = torch.randn(b, 3, e, e)
+        if task == "palm":
+            net = transfer_unetr_2d(2, img_size=e, feature_size=16 if paper else 8, **size)
+            y = (torch.rand(b, 2, e, e) > 0.5).float()
+            loss_fn = torch.nn.BCEWithLogitsLoss()
+        elif task in ("aptos", "glioma"):
+            net = TransferViT2D(5 if task == "aptos" else 3, img_size=e, **size)
+            y = torch.randint(0, 5 if task == "aptos" else 3, (b,))
+            loss_fn = torch.nn.CrossEntropyLoss()
+        else:
+            names = (
+                [f"label{i}" for i in range(46)] if task == "rfmid" else ["age", "bmi", "sbp", "dbp", "sex", "smoking"]
+            )
+            kinds = {n: ("continuous" if task == "crp" and i < 4 else "binary") for i, n in enumerate(names)}
+            stats = {n: {"mean": 0.0, "std": 1.0} for n, k in kinds.items() if k == "continuous"}
+            net = TransferViT2D(targets=kinds, target_stats=stats or None, img_size=e, **size)
+            y = torch.rand(b, len(names)).round()
+            loss_fn = TargetLoss(kinds, stats or None)
+        net = net.train()
+        opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], 1e-4)
+
+        def step() -> None:
+            loss = loss_fn(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        what = "2D UNETR" if task == "palm" else "ViT"
+        return Case(f"mrm_{task}", f"{b}x3x{e}^2 {what}-{'B' if paper else 'tiny'}/16 fine-tune", b, step)
+
+    return build
+
+
 def _gimp(task: str) -> Callable[..., Case]:
     """GiMP steps: ``pretrain`` (window of ``edge`` = L patches, masked patch modelling + frozen GroupMSA + triplet)
     or ``finetune`` (whole bags of ``edge`` patches through aggregator + GroupMSA + MLP head). Paper shape: 1024-d
@@ -383,6 +431,11 @@ CASES: dict[str, Callable[..., Case]] = {
     "brainmvp_cls": _brainmvp_downstream("cls"),
     "mrm_g1k": _mrm(1_000),
     "mrm_g100k": _mrm(100_000),
+    "mrm_aptos": _mrm_transfer("aptos"),
+    "mrm_rfmid": _mrm_transfer("rfmid"),
+    "mrm_palm": _mrm_transfer("palm"),
+    "mrm_crp": _mrm_transfer("crp"),
+    "mrm_glioma": _mrm_transfer("glioma"),
     "gimp_groupmsa": _gimp_groupmsa,
     "gimp": _gimp("pretrain"),
     "gimp_nsclc": _gimp("finetune"),
