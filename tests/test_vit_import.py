@@ -6,6 +6,7 @@ written here by hand, so equivalence is proven without either library.
 """
 
 import argparse
+import collections
 import math
 
 import pytest
@@ -217,11 +218,21 @@ def test_bad_files(tmp_path):
     torch.save([torch.zeros(1)], listed)
     with pytest.raises(ValueError, match="holds a list, not a state dict"):
         load_timm_vit(monai_vit(), listed)
-    # an MAE training checkpoint pickles its argparse namespace: refused by weights_only, with the way out
+    # an MAE training checkpoint pickles its argparse namespace: read safely (weights_only, Namespace allowed) ...
     pickled = tmp_path / "checkpoint-399.pth"
     torch.save({"model": timm_state(), "args": argparse.Namespace(lr=1e-3)}, pickled)
-    with pytest.raises(ValueError, match=r"weights_only=True(.|\n)*torch.save\(torch.load"):
-        load_timm_vit(monai_vit(), pickled)
+    vit = monai_vit()
+    load_timm_vit(vit, pickled)
+    plain = tmp_path / "plain.pth"
+    torch.save(timm_state(), plain)
+    reference = monai_vit()
+    load_timm_vit(reference, plain)
+    assert all(torch.equal(a, b) for a, b in zip(vit.state_dict().values(), reference.state_dict().values()))
+    # ... while any other pickled object is refused, naming the file
+    other = tmp_path / "other.pth"
+    torch.save({"model": timm_state(), "fn": collections.OrderedDict(a=slice(1, 2))}, other)
+    with pytest.raises(ValueError, match=r"cannot read ViT checkpoint .*other.pth with weights_only=True"):
+        load_timm_vit(monai_vit(), other)
 
 
 def test_error_names_the_file_and_custom_drops_pass_through(tmp_path):

@@ -39,6 +39,7 @@ Files are read with ``torch.load(weights_only=True)``; MAE's ``{"model": state_d
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -206,13 +207,15 @@ def load_timm_vit(vit: nn.Module, path: str | Path, dropped: Sequence[str] = DRO
     if not path.is_file():
         raise FileNotFoundError(f"ViT checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # MAE's training checkpoints also pickle their argparse namespace ('args'): a plain attribute holder, the one
+        # non-tensor type allowed beside weights_only's own
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
         raise ValueError(
             f"cannot read ViT checkpoint {path} with weights_only=True: {str(e).splitlines()[0]}\n"
-            "A training checkpoint that pickles more than tensors (MAE's holds its argparse 'args') must be reduced "
-            "to its weights first, if you trust the file: torch.save(torch.load(path, weights_only=False)['model'], "
-            "'weights.pth')"
+            "It pickles objects other than tensors, which are not unpickled here (they could run code): give a file "
+            "that holds the state dict alone (or MAE's {'model': ..., 'args': ...})"
         ) from None
     if not isinstance(state, Mapping):
         raise ValueError(f"ViT checkpoint {path} holds a {type(state).__name__}, not a state dict")
