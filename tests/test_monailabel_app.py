@@ -140,8 +140,26 @@ def test_infer_returns_a_label_volume_in_the_image_space(server, model, tmp_path
     pred, image = nib.load(str(out)), nib.load(str(server["studies"] / f"{study}.nii.gz"))
     assert pred.shape == image.shape[:3] == (80, 90, 70)
     np.testing.assert_allclose(pred.affine, image.affine, atol=1e-4)
+    assert pred.get_data_dtype() == np.uint8  # integers, as the command-line inference writes them
     values = np.unique(np.asarray(pred.dataobj))
     assert set(values.tolist()) <= {0, 1, 2, 3}
+
+
+def test_an_unknown_model_is_a_404_naming_the_served_ones(server):
+    with pytest.raises(urllib.error.HTTPError) as err:
+        _get(f"{server['url']}/infer/nosuchmodel?image={server['entries'][0]['subject_id']}&output=image", "POST")
+    assert err.value.code == 404
+    assert json.loads(err.value.read())["detail"] == (
+        "no model 'nosuchmodel' is served here; served: brainmvp_seg, m2mae_seg"
+    )
+
+
+def test_an_unknown_image_is_a_404_naming_it_and_the_studies_folder(server):
+    with pytest.raises(urllib.error.HTTPError) as err:
+        _get(f"{server['url']}/infer/m2mae_seg?image=nosuchstudy&output=image", method="POST")
+    assert err.value.code == 404
+    detail = json.loads(err.value.read())["detail"]
+    assert detail.startswith(f"no image 'nosuchstudy' in the studies folder {server['studies']} (3 studies")
 
 
 def test_a_study_with_missing_modalities_is_refused_with_its_name(server):

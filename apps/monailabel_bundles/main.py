@@ -34,7 +34,10 @@ from pathlib import Path
 from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monai.transforms import SaveImaged
 from monailabel.tasks.infer.bundle import BundleInferTask
+
+from common.transforms.naming import NameBySubjectd
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +104,17 @@ class BundleSegmentationTask(BundleInferTask):
 
     A study whose channel count differs from the bundle's input is refused (HTTP 422) with a message naming the
     file and the expected modalities, before the network sees it.
+
+    Of the bundle's ``postprocessing``, the file-writing steps are left to MONAI Label: ``SaveImaged`` (MONAI
+    Label's own default filter) and ``NameBySubjectd``, which names command-line outputs by subject id from an
+    entry that only ``common.data.inference.inference_cases`` provides. Label maps are written as ``uint8``, as
+    the command-line inference writes them (MONAI Label's writer keeps the network's float32 otherwise).
     """
 
+    label_dtype = "uint8"
+
     def __init__(self, path: str, conf: dict[str, str], **kwargs):
+        kwargs.setdefault("post_filter", [SaveImaged, NameBySubjectd])
         super().__init__(path, conf, **kwargs)
         image = next(iter(_metadata(Path(path))["network_data_format"]["inputs"].values()))
         self.channel_names = [image["channel_def"][k] for k in sorted(image.get("channel_def", {}), key=int)]
@@ -125,6 +136,9 @@ class BundleSegmentationTask(BundleInferTask):
             )
         return data
 
+    def writer(self, data, extension=None, dtype=None):
+        return super().writer(data, extension=extension, dtype=dtype or self.label_dtype)
+
 
 class BundleCollectionApp(MONAILabelApp):
     """Serves each chosen bundle as a MONAI Label segmentation model named after its folder."""
@@ -140,6 +154,25 @@ class BundleCollectionApp(MONAILabelApp):
             description="Segmentation bundles fine-tuned from M2-MAE and BrainMVP pre-training",
             version="0.1.0",
         )
+
+    def infer(self, request, datastore=None):
+        """MONAI Label's ``infer``, with a 404 that names an unknown model or image instead of a bare 500."""
+        model = request.get("model")
+        if model not in self._infers:
+            raise HTTPException(
+                status_code=404,
+                detail=f"no model '{model}' is served here; served: {', '.join(sorted(self._infers)) or 'none'}",
+            )
+        image = request.get("image")
+        if isinstance(image, str) and not os.path.exists(image):
+            store = datastore if datastore else self.datastore()
+            if not store.get_image_uri(image):
+                raise HTTPException(
+                    status_code=404,
+                    detail=f"no image '{image}' in the studies folder {self.studies} "
+                    f"({len(store.list_images())} studies; ids are file names without extension)",
+                )
+        return super().infer(request, datastore)
 
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}
