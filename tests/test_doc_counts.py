@@ -1,8 +1,10 @@
-"""The encoder-tensor counts the downstream docs quote are what the log prints for the default networks."""
+"""What the docs quote is what runs: encoder-tensor counts as the log prints them, MONAI Label's start command as
+tests/test_monailabel_app.py runs it."""
 
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import torch
@@ -23,3 +25,16 @@ def test_brainmvp_seg_docs_quote_the_logged_count(tmp_path, caplog):
     line = next(r.getMessage() for r in caplog.records if "pre-trained encoder tensors" in r.getMessage())
     quoted = line.split(" from ")[0]  # "loaded N of N pre-trained encoder tensors ('encoder.*')"
     assert quoted in (REPO / "bundles/brainmvp_seg/docs/README.md").read_text(), quoted
+
+
+def test_every_documented_monailabel_start_command_is_the_tested_one():
+    """The ``monailabel`` wrapper script runs the first ``python`` on PATH, so only the venv's own Python works as
+    typed; tests/test_monailabel_app.py starts the server with ``<venv python> -m monailabel.main start_server``."""
+    docs = [REPO / "README.md", *REPO.glob("bundles/*/docs/README.md"), *REPO.glob("apps/*/README.md")]
+    found = 0
+    for doc in docs:
+        for line in doc.read_text().splitlines():
+            if re.search(r"\bstart_server\b", line) and "--app" in line:
+                found += 1
+                assert ".venv-monailabel/bin/python -m monailabel.main start_server" in line, f"{doc}: {line}"
+    assert found >= 3  # the app's README and the two segmentation bundles' docs
