@@ -249,6 +249,29 @@ def test_gimp_multi_gpu_runs_ddp_with_variable_length_bags(demo, groupmsa_run, t
 
 
 @pytest.mark.slow
+def test_groupmsa_multi_gpu_keeps_the_replicas_identical(demo, tmp_path):
+    proc = run_bundle([CFG["gimp_groupmsa"]["train"], CFG["gimp_groupmsa"]["multi_gpu_train"]], *TINY_GROUPMSA,
+                      *_data_args(demo), "--epochs", "1", "--batch_size", "2",
+                      *run_dirs(tmp_path / "models", tmp_path / "logs"), torchrun=2)  # fmt: skip
+    assert "DDP replicas identical after iteration" in proc.stdout + proc.stderr
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wsi_only", [False, True])
+def test_nsclc_multi_gpu_fine_tunes_variable_length_bags_with_identical_replicas(demo, gimp_run, tmp_path, wsi_only):
+    out, _ = gimp_run
+    proc = run_bundle([CFG["gimp_nsclc"]["train"], CFG["gimp_nsclc"]["multi_gpu_train"]], *TINY_GIMP,
+                      *_data_args(demo), "--epochs", "1", "--batch_size", "2", "--wsi_only", str(wsi_only),
+                      *([] if wsi_only else ["--pretrained_ckpt", str(out / "models" / "model.pt")]),
+                      *run_dirs(tmp_path / "models", tmp_path / "logs"), torchrun=2)  # fmt: skip
+    assert "DDP replicas identical after iteration" in proc.stdout + proc.stderr
+    tuned = torch.load(tmp_path / "models" / ("model_wsi_only.pt" if wsi_only else "model.pt"), weights_only=True)
+    assert any(k.startswith("head.") for k in tuned)
+    assert any(k.startswith("gene_encoder.") for k in tuned) != wsi_only
+
+
+@pytest.mark.slow
 def test_nsclc_fine_tunes_from_gimp_evaluates_and_infers(demo, gimp_run, tmp_path):
     out, _ = gimp_run
     args = [*TINY_GIMP, *_data_args(demo), "--pretrained_ckpt", str(out / "models" / "model.pt")]
