@@ -315,7 +315,9 @@ def test_config_settings_reach_the_trainer_network_and_optimizer(demo):
     assert [(g["name"], g["weight_decay"]) for g in groups] == [("image", 0.1), ("genome", 0.0)]
     assert [g["initial_lr"] for g in groups] == [0.002, 0.004]
     assert all(g["fused"] for g in groups)  # one fused AdamW kernel (the for-loop AdamW is 7x slower on CPU)
-    assert not any(g["fused"] for g in tiny_parser(demo, fused_optimizer=False).get_parsed_content("optimizer").param_groups)
+    assert not any(
+        g["fused"] for g in tiny_parser(demo, fused_optimizer=False).get_parsed_content("optimizer").param_groups
+    )
     assert isinstance(trainer.network_kwargs, BatchInputs) and trainer.network_kwargs.keys == {"genetics": "genetics"}
 
 

@@ -80,7 +80,13 @@ def markdown(counts: dict[str, Counter], survivors: dict[str, list[str]], diffs:
 def _scratch_copy(workdir: Path, only_mutate: list[str], tests: list[str]) -> Path:
     """A copy of the tree (tracked and untracked, not ignored files) in ``workdir`` whose ``[tool.mutmut]`` mutates ``only_mutate`` and selects
     ``tests`` (the checkout's own configuration and ``mutants/`` stay untouched)."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True)
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     for rel in filter(None, files.stdout.split("\0")):
         src, dst = REPO / rel, workdir / rel
         if src.is_file():

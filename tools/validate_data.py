@@ -19,7 +19,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.data.datalist import resolve_datalist  # noqa: E402
 from common.data.validate import validate_datalist, validate_entries  # noqa: E402
 
-
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -32,9 +32,9 @@ import os
 from pathlib import Path
 
 from fastapi import HTTPException
+from monai.transforms import SaveImaged
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
-from monai.transforms import SaveImaged
 from monailabel.tasks.infer.bundle import BundleInferTask
 
 from common.transforms.naming import NameBySubjectd

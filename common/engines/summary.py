@@ -70,10 +70,10 @@ def run_summary(
 def log_run_summary(*args: Any, **kwargs: Any) -> None:
     """Log :func:`run_summary` (on rank 0 only under DDP). For a config's ``initialize``::
 
-        {"_target_": "common.engines.summary.log_run_summary", "network": "@network",
-         "data": "@train#dataset#data", "epochs": "@epochs", "device": "@device", "ckpt_dir": "@ckpt_dir",
-         "log_dir": "@output_dir", "dataset_dir": "@dataset_dir", "datalist": "@datalist",
-         "iterations": "$len(@train#dataloader)"}
+    {"_target_": "common.engines.summary.log_run_summary", "network": "@network",
+     "data": "@train#dataset#data", "epochs": "@epochs", "device": "@device", "ckpt_dir": "@ckpt_dir",
+     "log_dir": "@output_dir", "dataset_dir": "@dataset_dir", "datalist": "@datalist",
+     "iterations": "$len(@train#dataloader)"}
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
         return
