@@ -51,8 +51,12 @@ def _split(calls):
 
 def test_mrm_pretrains_once_for_five_tasks_and_both_arms_match(calls, tmp_path):
     report = cp.compare(
-        pretrain="mrm", downstream=",".join(MRM_TASKS), work_dir=str(tmp_path), pretrain_epochs=7,
-        finetune_epochs=3, seed=5,
+        pretrain="mrm",
+        downstream=",".join(MRM_TASKS),
+        work_dir=str(tmp_path),
+        pretrain_epochs=7,
+        finetune_epochs=3,
+        seed=5,
     )
     pre, train, evals = _split(calls)
     assert len(pre) == 1 and _bundle(pre[0]) == "mrm" and pre[0]["files"][0].name == "train.json"
@@ -83,13 +87,19 @@ def test_existing_checkpoint_skips_pretraining_and_per_task_budgets(calls, tmp_p
     ckpt = tmp_path / "given.pt"
     ckpt.write_bytes(b"x")
     cp.compare(
-        pretrain="mrm", downstream=("mrm_palm", "mrm_glioma"), work_dir=str(tmp_path / "w"),
-        finetune_epochs={"mrm_palm": 4, "mrm_glioma": 2}, pretrained_ckpt=str(ckpt),
+        pretrain="mrm",
+        downstream=("mrm_palm", "mrm_glioma"),
+        work_dir=str(tmp_path / "w"),
+        finetune_epochs={"mrm_palm": 4, "mrm_glioma": 2},
+        pretrained_ckpt=str(ckpt),
     )
     pre, train, _ = _split(calls)
     assert pre == []
     assert [(_bundle(c), c["overrides"]["epochs"], c["overrides"]["pretrained_ckpt"]) for c in train] == [
-        ("mrm_palm", 4, str(ckpt)), ("mrm_palm", 4, ""), ("mrm_glioma", 2, str(ckpt)), ("mrm_glioma", 2, "")
+        ("mrm_palm", 4, str(ckpt)),
+        ("mrm_palm", 4, ""),
+        ("mrm_glioma", 2, str(ckpt)),
+        ("mrm_glioma", 2, ""),
     ]
 
 

@@ -195,8 +195,12 @@ def compare(
     if len(names) == 1:
         report = reports[names[0]]
     else:
-        report = {"pretrain": pretrain, "pretrained_ckpt": ckpt, "pretrain_seconds": times.get("pretrain"),
-                  "tasks": reports}
+        report = {
+            "pretrain": pretrain,
+            "pretrained_ckpt": ckpt,
+            "pretrain_seconds": times.get("pretrain"),
+            "tasks": reports,
+        }
     (work / "comparison.json").write_text(json.dumps(report, indent=2))
     for name, rep in reports.items():
         _print(name, rep)
