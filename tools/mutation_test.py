@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -37,6 +38,16 @@ def _mutmut(*args: str, check: bool = True, cwd: Path = REPO) -> str:
     if check and proc.returncode not in (0, 1):
         raise RuntimeError(f"mutmut {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc.stdout
+
+
+def _single_threaded() -> dict[str, str]:
+    """The environment for mutmut: one OpenMP / MKL thread.
+
+    mutmut runs the tests once in its own process, then forks a child per mutant. A child forked after torch has
+    started its OpenMP thread pool waits forever on the first parallel operation (spinning, so the CPU-time limit
+    ends it and every mutant is reported as a timeout); with one thread there is no pool to inherit.
+    """
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _module(name: str) -> str:
@@ -142,6 +153,7 @@ def main(
             [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *globs],
             cwd=cwd,
             stdout=subprocess.DEVNULL if quiet else None,
+            env=_single_threaded(),
         )
         counts, survivors = summarise(_mutmut("results", "--all", "true", cwd=cwd))
         if globs:
