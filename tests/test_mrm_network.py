@@ -155,7 +155,7 @@ def test_the_blocks_attention_dropout_acts_on_the_masked_relation():
 
 def test_unsupported_attention_variants_are_refused():
     causal = SABlock(32, 4, causal=True, sequence_length=7)
-    with pytest.raises(ValueError, match="causal"):
+    with pytest.raises(ValueError, match="^relation masking supports neither relative position embeddings, causal"):
         relation_self_attention(causal, torch.randn(1, 7, 32), 0.5)
     typed = SABlock(32, 4, attention_dtype=torch.float64)
     with pytest.raises(ValueError, match="attention_dtype"):
