@@ -482,7 +482,7 @@ def test_single_modality_builds_no_genome_branch_and_runs_on_images():
     assert torch.equal(out["image"], x) and "pred_genetics" not in out
     assert out["pred"].shape == (2, 3, 32, 32)
     with pytest.raises(
-        ValueError, match=r"this MRM network is image-only \(num_genetic_features=None\) but got genetics"
+        ValueError, match=r"^this MRM network is image-only \(num_genetic_features=None\) but got genetics$"
     ):
         net(torch.randn(2, 3, 32, 32), torch.randn(2, G))
 
@@ -571,7 +571,11 @@ def test_masked_blocks_zero_masks_nothing_and_tau_one_is_allowed():
 
 
 def test_input_errors_are_clear(net):
-    with pytest.raises(ValueError, match=r"this MRM network was built for genetics .*single-modality \(image-only\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"^this MRM network was built for genetics \(num_genetic_features=101\) but got none; build it with "
+        r"num_genetic_features=None for single-modality \(image-only\) pre-training$",
+    ):
         net(torch.randn(2, 3, 32, 32))
     with pytest.raises(ValueError, match=r"expected genetics \[2, 101\], got \[2, 100\]"):
         net(torch.randn(2, 3, 32, 32), torch.randn(2, 100))
@@ -640,3 +644,10 @@ def test_vit_keys_load_into_unetr_2d_and_vit_classifier_2d():
     assert not [k for k in full.missing_keys if k.startswith("vit.")]
     x = torch.randn(1, 3, 32, 32)
     assert torch.allclose(clf.vit(x)[0], net.vit(x)[0], atol=1e-6)
+
+
+def test_genome_encoder_gets_the_attention_and_dropout_settings():
+    for fused, dropout, tokenizer in ((False, 0.3, "segments"), (True, 0.05, "dense"), (False, 0.2, "dense")):
+        genome = mrm_tiny(20, fused_attention=fused, snn_dropout=dropout, tokenizer=tokenizer).genome_encoder
+        assert {b.attn.use_flash_attention for b in genome.blocks} == {fused}
+        assert {m.p for m in genome.modules() if isinstance(m, torch.nn.AlphaDropout)} == {dropout}
