@@ -47,6 +47,16 @@ def test_train_with_missing_modalities_saves_encoder_and_templates(tmp_path, bac
     assert nib.load(tmp_path / "models" / "templates" / "template_t1.nii.gz").shape == tuple(
         state["templates.templates"].shape[2:]
     )
+    # the template preview: one TensorBoard image per epoch, a row per modality
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = []
+    for f in (tmp_path / "logs").glob("**/events.out.tfevents.*"):
+        events = EventAccumulator(str(f), size_guidance={"images": 0})
+        events.Reload()
+        if "templates/t1|t1ce|t2|flair" in events.Tags()["images"]:
+            steps += [e.step for e in events.Images("templates/t1|t1ce|t2|flair")]
+    assert sorted(steps) == [1, 2, 3]
 
 
 @pytest.mark.slow

@@ -55,7 +55,31 @@ def mid_slice_grid(volumes: Sequence[torch.Tensor], axis: int = -1) -> torch.Ten
     return torch.cat(rows, dim=0)[None]
 
 
-class SliceGridPreview:
+class _EpochTensorBoard:
+    """What the handlers below share: a TensorBoard writer of their own (beside ``TensorBoardStatsHandler``'s),
+    opened on first use (a run with nothing to show writes no event file), run every ``interval`` epochs, closed
+    when training completes."""
+
+    def __init__(self, log_dir: str, interval: int = 1) -> None:
+        self.log_dir, self.interval = log_dir, interval
+        self._writer: SummaryWriter | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.COMPLETED, self.close)
+
+    def writer(self) -> SummaryWriter:
+        if self._writer is None:
+            self._writer = SummaryWriter(self.log_dir)
+        return self._writer
+
+    def close(self, engine: Engine | None = None) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class SliceGridPreview(_EpochTensorBoard):
     """Every ``interval`` epochs, write the mid-slice grid of ``keys`` of the first sample of the last batch.
 
     Args:
@@ -76,36 +100,23 @@ class SliceGridPreview:
         axis: int = -1,
         rgb: bool = False,
     ) -> None:
-        self.log_dir = log_dir
+        super().__init__(log_dir, interval)
         self.rgb = rgb
         self.keys = tuple(keys)
         self.tag = tag
-        self.interval = interval
         self.axis = axis
-        self._writer: SummaryWriter | None = None
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
-        engine.add_event_handler(Events.COMPLETED, self.close)
 
     def __call__(self, engine: Engine) -> None:
         out: Any = engine.state.output
         if not isinstance(out, dict) or not all(k in out for k in self.keys):
             return
-        if self._writer is None:
-            self._writer = SummaryWriter(self.log_dir)
         items = [out[k][0] for k in self.keys]
         grid = rgb_row(items) if self.rgb else mid_slice_grid(items, self.axis)
-        self._writer.add_image(f"{self.tag}/{'|'.join(self.keys)}", grid, engine.state.epoch)
-        self._writer.flush()
-
-    def close(self, engine: Engine | None = None) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self.writer().add_image(f"{self.tag}/{'|'.join(self.keys)}", grid, engine.state.epoch)
+        self.writer().flush()
 
 
-class TemplatePreview:
+class TemplatePreview(_EpochTensorBoard):
     """BrainMVP templates: a mid-slice row per modality in TensorBoard every ``interval`` epochs, and one NIfTI
     per modality in ``out_dir`` when training completes.
 
@@ -117,8 +128,8 @@ class TemplatePreview:
     """
 
     def __init__(self, templates: Any, log_dir: str, out_dir: str, interval: int = 1) -> None:
-        self.templates, self.out_dir, self.interval = templates, out_dir, interval
-        self.writer = SliceGridPreview(log_dir, keys=(), tag="templates", interval=interval)
+        super().__init__(log_dir, interval)
+        self.templates, self.out_dir = templates, out_dir
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.preview)
@@ -130,18 +141,16 @@ class TemplatePreview:
         if is_initialized() and get_rank() > 0:
             return
         volumes = self.templates.templates.detach()[:, 0]  # [S, *canvas]
-        if self.writer._writer is None:
-            self.writer._writer = SummaryWriter(self.writer.log_dir)
         grid = mid_slice_grid([volumes], axis=-1)  # one row per modality
-        self.writer._writer.add_image(f"templates/{'|'.join(self.templates.modalities)}", grid, engine.state.epoch)
-        self.writer._writer.flush()
+        self.writer().add_image(f"templates/{'|'.join(self.templates.modalities)}", grid, engine.state.epoch)
+        self.writer().flush()
 
     def export(self, engine: Engine) -> None:
         from torch.distributed import get_rank, is_initialized
 
         if not (is_initialized() and get_rank() > 0):
             self.templates.to_nifti(self.out_dir)
-        self.writer.close()
+        self.close()
 
 
 def per_feature_error(target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
@@ -201,7 +210,7 @@ def genome_error_figure(target: torch.Tensor, pred: torch.Tensor, max_points: in
     return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).float() / 255.0  # [3, H, W]
 
 
-class GenomeReconstructionPlot:
+class GenomeReconstructionPlot(_EpochTensorBoard):
     """Every ``interval`` epochs, write :func:`genome_error_figure` of the last batch to TensorBoard (image
     ``<tag>/error``) and its mean per-feature error as the scalar ``<tag>/mean_error``.
 
@@ -221,28 +230,15 @@ class GenomeReconstructionPlot:
         tag: str = "genome_reconstruction",
         interval: int = 1,
     ) -> None:
-        self.log_dir, self.target_key, self.pred_key = log_dir, target_key, pred_key
-        self.tag, self.interval = tag, interval
-        self._writer: SummaryWriter | None = None
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
-        engine.add_event_handler(Events.COMPLETED, self.close)
+        super().__init__(log_dir, interval)
+        self.target_key, self.pred_key, self.tag = target_key, pred_key, tag
 
     def __call__(self, engine: Engine) -> None:
         out: Any = engine.state.output
         if not isinstance(out, dict) or self.target_key not in out or self.pred_key not in out:
             return
-        if self._writer is None:
-            self._writer = SummaryWriter(self.log_dir)
         target, pred = out[self.target_key], out[self.pred_key]
-        self._writer.add_image(f"{self.tag}/error", genome_error_figure(target, pred), engine.state.epoch)
-        self._writer.add_scalar(
-            f"{self.tag}/mean_error", float(per_feature_error(target, pred).mean()), engine.state.epoch
-        )
-        self._writer.flush()
-
-    def close(self, engine: Engine | None = None) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        writer = self.writer()
+        writer.add_image(f"{self.tag}/error", genome_error_figure(target, pred), engine.state.epoch)
+        writer.add_scalar(f"{self.tag}/mean_error", float(per_feature_error(target, pred).mean()), engine.state.epoch)
+        writer.flush()
