@@ -153,6 +153,17 @@ def _missing(index: int, num_cases: int, num_missing: int) -> tuple[str, ...]:
     return tuple(drop[(start + j) % 3] for j in range(k))
 
 
+def _is_built(marker: Path, build: dict) -> bool:
+    """Whether ``marker`` (the JSON a finished build writes last) records this exact ``build``; a half-written or
+    unreadable marker counts as not built."""
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("build") == build
+    except json.JSONDecodeError:
+        return False
+
+
 @contextmanager
 def _locked(folder: Path):
     folder.mkdir(parents=True, exist_ok=True)
@@ -186,12 +197,8 @@ def build_demo_brats(
     build = {"version": _VERSION, "num_cases": num_cases, "spacing": spacing, "seed": seed, "num_missing": num_missing}
     datalist_path = out / "datalist.json"
     with _locked(out):
-        if datalist_path.is_file() and not force:
-            try:
-                if json.loads(datalist_path.read_text()).get("build") == build:
-                    return str(datalist_path)
-            except json.JSONDecodeError:
-                pass
+        if not force and _is_built(datalist_path, build):
+            return str(datalist_path)
         maps, affine = _anatomy(spacing)
         entries = []
         for i in range(num_cases):

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data.demo import _locked, default_cache_dir
+from common.data.demo import _is_built, _locked, default_cache_dir
 
 __all__ = ["CLASSES", "build_demo_gimp", "demo_gimp_datalist", "stratified_split"]
 
@@ -196,12 +196,8 @@ def build_demo_gimp(
     )  # fmt: skip
     datalist_path = out / "datalist.json"
     with _locked(out):
-        if datalist_path.is_file() and not force:
-            try:
-                if json.loads(datalist_path.read_text()).get("build") == build:
-                    return str(datalist_path)
-            except json.JSONDecodeError:
-                pass
+        if not force and _is_built(datalist_path, build):
+            return str(datalist_path)
         (out / "h5_files").mkdir(exist_ok=True)
         if write_pt:
             (out / "pt_files").mkdir(exist_ok=True)

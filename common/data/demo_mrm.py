@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from scipy.stats import norm
 
-from common.data.demo import _locked, default_cache_dir
+from common.data.demo import _is_built, _locked, default_cache_dir
 
 __all__ = [
     "build_demo_mrm",
@@ -289,12 +289,8 @@ def build_demo_mrm(
              "seed": seed}  # fmt: skip
     datalist_path = out / "datalist.json"
     with _locked(out):
-        if datalist_path.is_file() and not force:
-            try:
-                if json.loads(datalist_path.read_text()).get("build") == build:
-                    return str(datalist_path)
-            except json.JSONDecodeError:
-                pass
+        if not force and _is_built(datalist_path, build):
+            return str(datalist_path)
         for sub in ("images", "masks"):
             (out / sub).mkdir(parents=True, exist_ok=True)
         anatomy, model = fundus_anatomy(image_size), _genetic_model(num_snps, seed)

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from common.data.demo import _locked, default_cache_dir
+from common.data.demo import _is_built, _locked, default_cache_dir
 from common.data.demo_mrm import augment_fundus, draw_lesions, draw_spots, fundus_anatomy, grade_lesions, write_csv
 
 __all__ = [
@@ -406,12 +406,8 @@ def build_demo_transfer(
     build = {"task": task, "version": _VERSION.get(task, 1), "num_subjects": n, "image_size": size, "seed": seed}
     marker = out / "demo.json"
     with _locked(out):
-        if marker.is_file() and not force:
-            try:
-                if json.loads(marker.read_text()).get("build") == build:
-                    return str(out)
-            except json.JSONDecodeError:
-                pass
+        if not force and _is_built(marker, build):
+            return str(out)
         truth = _BUILDERS[task](out, n, size, seed)
         write_csv(out / "ground_truth.csv", truth)
         tmp = marker.with_suffix(".json.tmp")
