@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 # a 12-block ViT of width 48 on 32^3 crops: the M2-MAE encoder shape UNETR accepts, small enough for CI
@@ -86,3 +87,15 @@ def run_bundle(
             f"bundle run failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+class LinearDiscriminator(torch.nn.Module):
+    """A toy discriminator for the trainer tests: D(v) = w * mean(v), one logit per sample, w = 0.5 at the start, so
+    the adversarial terms can be worked out by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return self.w * v.flatten(1).mean(1)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import LinearDiscriminator as _D
 from ignite.engine import Events
 from monai.engines.utils import IterationEvents
 
@@ -32,17 +33,6 @@ class _Net(nn.Module):
             "loss_one": self.a * 1.0,
             "loss_two": self.a * 2.0,
         }
-
-
-class _D(nn.Module):
-    """One logit per sample: w * mean(v)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.tensor(0.5))
-
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return self.w * v.flatten(1).mean(1)
 
 
 def _batches(n: int = 1) -> list[dict]:

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import LinearDiscriminator as _LinearD
 from monai.bundle import ConfigParser
 from monai.engines.utils import IterationEvents
 
@@ -113,17 +114,6 @@ class _Terms(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"pred": self.a * x, "loss_one": self.a * 1.0, "loss_two": self.a * 2.0, "loss_three": self.a * 3.0}
-
-
-class _LinearD(nn.Module):
-    """D(v) = w * mean(v): one logit per sample."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.tensor(0.5))
-
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return self.w * v.flatten(1).mean(1)
 
 
 def _run_ssl(weights: dict, discriminator: bool = False, grad_norm_interval: int = 0):
