@@ -20,7 +20,7 @@ from ignite.engine import Engine, Events
 
 from common.engines.trainer import unwrap
 
-__all__ = ["ReplicaCheck", "parameter_fingerprint"]
+__all__ = ["ReplicaCheck", "end_process_group", "parameter_fingerprint"]
 logger = logging.getLogger(__name__)
 
 
@@ -75,3 +75,14 @@ class ReplicaCheck:
                     f"DDP replicas identical after iteration {engine.state.iteration}: {len(names)} tensors of '{label}' "
                     f"on {dist.get_world_size()} ranks"
                 )
+
+
+def end_process_group() -> None:
+    """Wait for every rank, then destroy the process group (the multi-GPU configs' ``finalize``).
+
+    Rank 0 runs more handlers than the others (checkpoints, TensorBoard, validation), so without the barrier a
+    rank that finishes first tears its gloo connections down while rank 0 still holds them, and the gloo
+    process group can abort that rank (SIGABRT) after an otherwise complete run."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
