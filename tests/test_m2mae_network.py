@@ -68,3 +68,14 @@ def test_bad_configuration_and_input_are_named():
     net = m2mae_vit_tiny(img_size=32)
     with pytest.raises(ValueError, match=r"expected input \[B, 4, 32, 32, 32\]"):
         net(torch.randn(1, 3, 32, 32, 32))
+
+
+def test_decoder_starts_from_maes_xavier_initialisation():
+    # fan_in 48, fan_out 4 * 16^3 = 16384: xavier-uniform bound sqrt(6 / (48 + 16384)) = 0.01911, std = bound / sqrt(3)
+    torch.manual_seed(0)
+    decoder = m2mae_vit_tiny(in_channels=4, img_size=32).decoder
+    w, b = decoder.weight, decoder.bias
+    bound = (6.0 / (48 + 16384)) ** 0.5
+    assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.99 * bound
+    assert abs(float(w.std()) - bound / 3**0.5) < 1e-4
+    assert torch.count_nonzero(b) == 0  # PyTorch's default would draw U(+-1/sqrt(48)) = U(+-0.144): 7.5x wider

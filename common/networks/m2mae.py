@@ -109,6 +109,11 @@ class M2MAE(nn.Module):
         self.decoder = nn.Linear(
             hidden_size, in_channels * self.patch_size[0] * self.patch_size[1] * self.patch_size[2]
         )
+        # MAE's initialisation of its linear layers (the paper builds on MAE and gives none of its own). PyTorch's
+        # default, U(+-1/sqrt(hidden)), is ~4x wider here (fan-out p^3 C >> hidden) and starts every reconstruction
+        # as noise of std ~0.6 over the z-scored image, which takes hundreds of steps to fade.
+        nn.init.xavier_uniform_(self.decoder.weight)
+        nn.init.zeros_(self.decoder.bias)
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, D, H, W]`` -> ``[B, L, C * p^3]`` in the token order of the patch embedding."""
