@@ -16,9 +16,11 @@ from monai.bundle import ConfigParser
 def test_brainmvp_seg_docs_quote_the_logged_count(tmp_path, caplog):
     pre = ConfigParser()
     pre.read_config(str(REPO / "bundles/brainmvp/configs/train.json"))
+    pre["backbone_size"] = "small"  # the docs quote the paper's UniFormer-S (the demo default is the tiny one)
     torch.save(pre.get_parsed_content("network_def").state_dict(), tmp_path / "model.pt")
     seg = ConfigParser()
     seg.read_config(str(REPO / "bundles/brainmvp_seg/configs/train.json"))
+    seg["backbone_size"] = "small"
     seg["pretrained_ckpt"] = str(tmp_path / "model.pt")
     with caplog.at_level(logging.INFO):
         seg.get_parsed_content("load_pretrained")
