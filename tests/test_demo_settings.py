@@ -71,3 +71,17 @@ def test_the_m2mae_demo_network_is_the_one_its_downstream_demos_build():
         for cfg in ("train", "inference"):
             down = _parse(REPO / f"bundles/{b}/configs/{cfg}.json")
             assert [down.get_parsed_content(k) for k in keys] == [pre.get_parsed_content(k) for k in keys], (b, cfg)
+
+
+def test_the_brainmvp_demo_backbone_is_the_one_its_downstream_demos_build():
+    keys = ("backbone", "backbone_size", "backbone_layout")
+    pre = _parse(REPO / "bundles/brainmvp/configs/train.json")
+    assert pre.get_parsed_content("backbone_size") == "tiny"
+    assert (
+        _parse(REPO / "bundles/brainmvp/configs/train.json", datalist="/d.json").get_parsed_content("backbone_size")
+        == "small"
+    )
+    for b in ("brainmvp_seg", "brainmvp_cls"):
+        for cfg in ("train", "inference"):
+            down = _parse(REPO / f"bundles/{b}/configs/{cfg}.json")
+            assert [down.get_parsed_content(k) for k in keys] == [pre.get_parsed_content(k) for k in keys], (b, cfg)
