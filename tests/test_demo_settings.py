@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import TINY_VIT, run_bundle, run_dirs
 from monai.bundle import ConfigParser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,3 +86,22 @@ def test_the_brainmvp_demo_backbone_is_the_one_its_downstream_demos_build():
         for cfg in ("train", "inference"):
             down = _parse(REPO / f"bundles/{b}/configs/{cfg}.json")
             assert [down.get_parsed_content(k) for k in keys] == [pre.get_parsed_content(k) for k in keys], (b, cfg)
+
+
+@pytest.mark.slow
+def test_the_m2mae_demo_chain_runs_through_the_bundle_runner(tmp_path, monkeypatch):
+    """No data of the user's: m2mae pre-trains on the demo, m2mae_seg fine-tunes from it (contract checked) and
+    segments the demo's testing list, each on its demo branch (sizes shrunk by overrides so CI stays short)."""
+    monkeypatch.setenv("MMPT_CACHE_DIR", str(tmp_path / "cache"))
+    demo = ["--demo", "{'num_cases': 4, 'spacing': 3.0}"]
+    pre = run_bundle("bundles/m2mae/configs/train.json", *TINY_VIT, *demo, "--epochs", "1",
+                     *run_dirs(tmp_path / "pre", tmp_path / "pre_logs"))  # fmt: skip
+    print(next(line for line in (pre.stdout + pre.stderr).splitlines() if "training:" in line))
+    assert (tmp_path / "pre" / "model.pt").is_file()
+    ckpt = str(tmp_path / "pre" / "model.pt")
+    seg = run_bundle("bundles/m2mae_seg/configs/train.json", *TINY_VIT, *demo, "--epochs", "1", "--val_interval", "1",
+                     "--pretrained_ckpt", ckpt, *run_dirs(tmp_path / "seg", tmp_path / "seg_logs"))  # fmt: skip
+    assert "loaded 161 of 161 pre-trained encoder tensors" in seg.stdout + seg.stderr
+    run_bundle("bundles/m2mae_seg/configs/inference.json", *TINY_VIT, *demo,
+               *run_dirs(tmp_path / "seg", tmp_path / "inf"))  # fmt: skip
+    assert len(list((tmp_path / "inf").glob("*_seg.nii.gz"))) >= 1
