@@ -96,7 +96,7 @@ def test_the_m2mae_demo_chain_runs_through_the_bundle_runner(tmp_path, monkeypat
     demo = ["--demo", "{'num_cases': 4, 'spacing': 3.0}"]
     pre = run_bundle("bundles/m2mae/configs/train.json", *TINY_VIT, *demo, "--epochs", "1",
                      *run_dirs(tmp_path / "pre", tmp_path / "pre_logs"))  # fmt: skip
-    print(next(line for line in (pre.stdout + pre.stderr).splitlines() if "training:" in line))
+    assert "training: 3 case(s) from the embedded demo set" in pre.stdout + pre.stderr
     assert (tmp_path / "pre" / "model.pt").is_file()
     ckpt = str(tmp_path / "pre" / "model.pt")
     seg = run_bundle("bundles/m2mae_seg/configs/train.json", *TINY_VIT, *demo, "--epochs", "1", "--val_interval", "1",
