@@ -25,14 +25,14 @@ __all__ = ["MODALITIES", "BRATS_LABELS", "default_cache_dir", "build_demo_brats"
 
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 BRATS_LABELS = {"necrotic_core": 1, "edema": 2, "enhancing": 3}
-_VERSION = 1
+_VERSION = 2  # 2: larger tumours, thicker and brighter enhancing rim (the demo grade visible at 64^3)
 _MIN_EDGE = 96
 
 # mean intensity of each tissue class per contrast (arbitrary units, MR-like orderings):
 #            CSF    GM     WM    oedema  core   enhancing
 _CONTRAST = {
     "t1": (0.25, 0.60, 0.85, 0.45, 0.30, 0.55),
-    "t1ce": (0.25, 0.60, 0.85, 0.45, 0.30, 1.20),
+    "t1ce": (0.25, 0.60, 0.85, 0.45, 0.30, 2.00),  # gadolinium: enhancing rim about 2.4x WM
     "t2": (1.00, 0.60, 0.40, 0.95, 1.05, 0.70),
     "flair": (0.15, 0.65, 0.50, 1.10, 0.60, 0.80),
 }
@@ -87,22 +87,28 @@ def _deformation(shape: tuple[int, ...], rng: np.random.Generator, spacing: floa
 
 
 def _tumour(brain: np.ndarray, rng: np.random.Generator, spacing: float, high_grade: bool) -> np.ndarray:
-    """Label map of a smooth blob inside the brain: 2 oedema shell, 1 core, 3 enhancing rim (high grade)."""
+    """Label map of a smooth blob inside the brain: 2 oedema shell, 1 core, 3 enhancing rim (high grade).
+
+    Sizes (version 2): semi-axes of the enhancing boundary 12-22 mm, oedema out to 1.6 of them; a high-grade
+    core inside 0.4 of them (the rim is 60 % of the radius thick), a low-grade, non-enhancing core inside 0.8.
+    At the downstream demos' 64^3 whole-brain input the rim then fills a few percent of a 16^3 patch, so the
+    grade (the classification demos' label) is visible to a patch-16 ViT, not only to a voxel-wise maximum.
+    """
     shape = brain.shape
     inside = np.argwhere(ndimage.binary_erosion(brain, iterations=max(1, int(12 / spacing))))
     centre = inside[rng.integers(len(inside))]
-    radii = rng.uniform(9, 18, 3) / spacing
+    radii = rng.uniform(12, 22, 3) / spacing
     grid = np.indices(shape, dtype=np.float32)
     dist = np.sqrt(sum(((grid[d] - centre[d]) / radii[d]) ** 2 for d in range(3)))
     wobble = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 6.0 / spacing)
     dist = dist + 0.25 * wobble / (np.abs(wobble).max() + 1e-6)
     label = np.zeros(shape, np.uint8)
-    label[(dist < 1.9) & brain] = 2
+    label[(dist < 1.6) & brain] = 2
     if high_grade:
         label[(dist < 1.0) & brain] = 3
-        label[dist < 0.6] = 1
+        label[(dist < 0.4) & brain] = 1
     else:
-        label[dist < 0.8] = 1
+        label[(dist < 0.8) & brain] = 1
     return label
 
 
@@ -186,7 +192,7 @@ def build_demo_brats(
     """Build (once) the demo set in BraTS layout and return the path of its ``datalist.json``.
 
     Args:
-        out_dir: target folder (default ``<cache>/demo_brats_v1``).
+        out_dir: target folder (default ``<cache>/demo_brats_v2``).
         num_cases: number of subjects; the last 20 % (at least 1) form the ``validation`` list.
         spacing: voxel size in mm (2 mm: about 96 x 116 x 96 voxels, every edge at least 96).
         seed: base seed; subject ``i`` uses ``seed + i``.
