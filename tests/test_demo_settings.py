@@ -65,6 +65,14 @@ def test_m2mae_real_runs_keep_the_papers_network_and_loss_balance():
     assert demo.get_parsed_content("loss_weights")["loss_adv"] == 0.01
 
 
+def test_a_short_m2mae_seg_demo_run_still_validates_and_writes_a_model():
+    """model.pt is written by validation: a demo run shorter than the demo's 10-epoch interval validates at its end."""
+    path = REPO / "bundles/m2mae_seg/configs/train.json"
+    assert _parse(path).get_parsed_content("val_interval") == 10
+    assert _parse(path, epochs=3).get_parsed_content("val_interval") == 3
+    assert _parse(path, epochs=3, datalist="/d.json").get_parsed_content("val_interval") == 1
+
+
 def test_the_m2mae_demo_network_is_the_one_its_downstream_demos_build():
     keys = ("roi_size", "hidden_size", "mlp_dim", "num_heads")
     pre = _parse(REPO / "bundles/m2mae/configs/train.json")
