@@ -15,8 +15,9 @@ __all__ = ["ModalityTemplates", "translation_map"]
 
 def translation_map(box_start: torch.Tensor) -> torch.Tensor:
     """Canvas maps ``[B, 4, 4]`` of crops cut at ``box_start`` ``[B, 3]`` with no flip, permutation or resampling."""
-    m = torch.eye(4, dtype=torch.float64, device=box_start.device).repeat(box_start.shape[0], 1, 1)
-    m[:, :3, 3] = box_start.to(torch.float64)
+    m = torch.eye(4, dtype=torch.float64, device=box_start.device)  # pragma: no mutate (device only)
+    m = m.repeat(box_start.shape[0], 1, 1)
+    m[:, :3, 3] = box_start  # cast to float64 by the assignment
     return m
 
 
@@ -86,31 +87,33 @@ class ModalityTemplates(nn.Module):
                 )
             chosen = self.templates[:, 0][index]  # [B, K, *canvas]
             # unregistered: no position to look up; the whole template stands for the crop
-            return chosen if size == self.canvas else F.interpolate(chosen, size=size, mode="trilinear")
+            if size == self.canvas:  # pragma: no mutate (F.interpolate to the same size is the identity)
+                return chosen
+            return F.interpolate(chosen, size=size, mode="trilinear")
         b, n = index.shape[0], math.prod(size)
-        grid = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float64) for s in size], indexing="ij"), -1)
-        grid = torch.cat([grid.reshape(n, 3), torch.ones(n, 1, dtype=torch.float64)], 1)
+        grid = torch.cartesian_prod(*[torch.arange(s) for s in size]).to(torch.float64)  # [N, 3], C order
+        grid = F.pad(grid, (0, 1), value=1.0)  # [N, 4]: homogeneous crop voxel indices
         points = (canvas_map.to(torch.float64).cpu() @ grid.T)[:, :3]  # [B, 3, N]: canvas voxel of each crop voxel
-        points = points.to(self.templates.device)
-        canvas = torch.tensor(self.canvas, device=points.device)[None, :, None]  # [1, 3, 1]
+        points = points.to(self.templates.device)  # pragma: no mutate (device only: equivalent on a CPU)
+        canvas = torch.tensor(self.canvas, device=points.device)[None, :, None]  # pragma: no mutate (device only)
         if torch.allclose(points, points.round(), atol=1e-4):  # crops, pads, flips, permutations: exact lookup
             p = points.round().long()
             inside = ((p >= 0) & (p < canvas)).all(1)  # [B, N]
             d, h, w = (p[:, i].clamp(0, self.canvas[i] - 1) for i in range(3))
             flat = (d * self.canvas[1] + h) * self.canvas[2] + w  # [B, N]
             table = self.templates.reshape(len(self.modalities), -1)  # [M, V]
-            values = table[index[:, :, None], flat[:, None, :]] * inside[:, None].to(table.dtype)  # [B, K, N]
+            values = torch.where(inside[:, None], table[index[:, :, None], flat[:, None, :]], 0.0)  # [B, K, N]
         else:  # resized / resampled crops: trilinear interpolation on the canvas
-            # within half a voxel of the canvas the edge value holds (as F.interpolate, i.e. MONAI's Resize, does);
-            # beyond that the image was padded and the template is 0
+            # within half a voxel of the canvas the edge value holds (as F.interpolate, i.e. MONAI's Resize, does:
+            # here grid_sample's border padding); beyond that the image was padded and the template is 0
             inside = ((points >= -0.5) & (points <= canvas - 0.5)).all(1)  # [B, N]
-            clamped = torch.minimum(points.clamp_min(0), canvas - 1)
-            norm = clamped / (canvas - 1).clamp_min(1) * 2 - 1  # [B, 3, N] in (d, h, w) order, align_corners=True
+            norm = points / (canvas - 1).clamp_min(1) * 2 - 1  # [B, 3, N] in (d, h, w) order, align_corners=True
             g = norm.flip(1).transpose(1, 2).reshape(b, 1, 1, n, 3).to(self.templates.dtype)  # grid_sample: (w, h, d)
             every = self.templates[:, 0][None].expand(b, -1, *self.canvas)  # [B, M, *canvas], a view
-            sampled = F.grid_sample(every, g, mode="bilinear", padding_mode="border", align_corners=True)
+            # trilinear (grid_sample's default "bilinear" on 5-D input)
+            sampled = F.grid_sample(every, g, padding_mode="border", align_corners=True)
             values = sampled.reshape(b, -1, n).gather(1, index[:, :, None].expand(-1, -1, n))  # [B, K, N]
-            values = values * inside[:, None].to(values.dtype)
+            values = torch.where(inside[:, None], values, 0.0)
         return values.reshape(b, index.shape[1], *size)
 
     def to_nifti(self, out_dir: str, affine=None) -> list[str]:
