@@ -93,3 +93,56 @@ def test_positional_arguments_reach_supervised_trainer():
     trainer = TemplateConsistencyTrainer("cpu", 2, data, net, opt, nn.MSELoss(), decollate=False)
     trainer.run()
     assert trainer.state.max_epochs == 2 and trainer.state.iteration == 2
+
+
+def test_a_prepare_batch_with_extra_network_inputs_still_gives_image_and_label():
+    # MONAI's prepare_batch may return (image, label, args, kwargs): the template step reads the first two
+    def prepare(batch, device=None, non_blocking=False, **kwargs):
+        return batch["image"], batch["label"], (), {}
+
+    net = _Linear3D()
+    templates = ModalityTemplates(["t1", "t2"], (2, 2, 2)).requires_grad_(False)
+    trainer = _trainer(net, templates, template_modalities=["t1"], prepare_batch=prepare)
+    trainer.run()
+    assert trainer.state.iteration == 1 and torch.isfinite(trainer.state.output["loss"])
+
+
+def test_the_cuda_amp_path_autocasts_and_uses_the_grad_scaler(monkeypatch):
+    """With ``amp`` MONAI gives the trainer a GradScaler (CUDA only); the step must autocast with the bundle's
+    ``amp_kwargs`` and go through the scaler. On this CPU machine both are stood in for by recorders."""
+    calls = []
+
+    class _Scaler:
+        def scale(self, loss):
+            calls.append("scale")
+            return loss
+
+        def step(self, optimizer):
+            calls.append("step")
+            optimizer.step()
+
+        def update(self):
+            calls.append("update")
+
+    class _Autocast:
+        def __init__(self, device_type, **kwargs):
+            calls.append(("autocast", device_type, kwargs))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    net = _Linear3D()
+    templates = ModalityTemplates(["t1", "t2"], (2, 2, 2)).requires_grad_(False)
+    trainer = _trainer(net, templates, template_modalities=["t1", "t2"], amp=True, amp_kwargs={"dtype": torch.bfloat16})
+    monkeypatch.setattr(torch.cuda.amp, "GradScaler", _Scaler)  # MONAI makes the scaler at run()
+    monkeypatch.setattr(tt.torch, "autocast", _Autocast)
+    trainer.run()
+    assert calls == [("autocast", "cuda", {"dtype": torch.bfloat16}), "scale", "step", "update"]
+    assert net.w.item() != 2.0  # the scaler's step is the optimiser's step
+    # without amp: no autocast, no scaler
+    calls.clear()
+    _trainer(_Linear3D(), templates, template_modalities=["t1", "t2"]).run()
+    assert calls == []

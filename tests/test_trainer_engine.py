@@ -378,3 +378,28 @@ def test_messages_are_whole():
 def test_scalar_terms_keep_losses_and_gradient_norms_only():
     out = {"loss": 1.0, "loss_a": 2.0, "grad_norm_a": 3.0, "image": torch.zeros(1), "lossy": 4.0, "pred": 5.0}
     assert scalar_terms(out) == {"loss": 1.0, "loss_a": 2.0, "grad_norm_a": 3.0}
+
+
+def test_autocast_is_bfloat16_on_every_device_type():
+    # CPU autocast defaults to bfloat16 anyway; CUDA's default is float16, which would need a GradScaler
+    import warnings
+
+    trainer = _trainer(amp=True)
+    for device in ("cpu", "cuda"):
+        trainer.state.device = torch.device(device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "CUDA is not available": the context is still built
+            assert trainer._autocast().fast_dtype == torch.bfloat16
+
+
+def test_the_generator_step_computes_no_discriminator_gradients():
+    # D's parameters are frozen while the generator's loss is built: D's gradient is computed once per
+    # iteration (its own step), not twice (the generator's backward would otherwise fill it too)
+    d = _D()
+    computed = []
+    d.w.register_hook(lambda grad: computed.append(float(grad)))
+    trainer = _trainer(
+        data=_batches(2), discriminator=d, d_optimizer=torch.optim.SGD(d.parameters(), lr=0.1), grad_norm_interval=1
+    )
+    trainer.run()
+    assert len(computed) == 2  # two iterations, one discriminator backward each

