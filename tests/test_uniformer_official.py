@@ -238,3 +238,70 @@ def test_layout_arguments_are_checked():
     assert len(build_backbone("unet3d", "tiny", layout="collection").state_dict()) > 0
     net = build_backbone("uniformer", "tiny", layout="official")
     assert isinstance(net.encoder.norm, nn.BatchNorm3d)
+
+
+@pytest.mark.parametrize("layout", ["official", "collection"])
+def test_checkpointed_mlps_compute_the_same_and_keep_no_hidden_activations(layout):
+    """``checkpoint_mlp``: outputs and every gradient bitwise equal, and the autograd graph stores exactly the two
+    hidden activations (fc1's output, GELU's output) and the two 1x1x1 weights of each local block fewer."""
+
+    def run(ck: bool):
+        torch.manual_seed(0)
+        net = uniformer_tiny(layout=layout, checkpoint_mlp=ck)
+        x = torch.rand(2, 1, 32, 32, 32)
+        stored = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: stored.append(t.numel()) or t, lambda t: t):
+            out = net(x)
+        out.sum().backward()
+        return sum(stored), out.detach(), [p.grad for p in net.parameters()]
+
+    plain, out_plain, grads_plain = run(False)
+    ck, out_ck, grads_ck = run(True)
+    assert torch.equal(out_plain, out_ck) and all(torch.equal(a, b) for a, b in zip(grads_plain, grads_ck))
+    # tiny UniFormer (16-32 channels in stages 1-2, MLP ratio 4, one block each), batch 2 of 32^3:
+    # official layout: stage 1 at 16^3, stage 2 at 8^3; collection layout: 8^3 and 4^3
+    edge1, edge2 = (16, 8) if layout == "official" else (8, 4)
+    hidden = 2 * 2 * (64 * edge1**3 + 128 * edge2**3)  # two [B, 4C, *spatial] tensors per local block
+    weights = 2 * (16 * 64) + 2 * (32 * 128)  # fc1 and fc2 kernels (C x 4C) per local block
+    assert plain - ck == hidden + weights
+    # no recomputation without gradients (inference): the flag does not change eval-mode outputs either
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a = uniformer_tiny(layout=layout, checkpoint_mlp=True).eval()(torch.ones(1, 1, 32, 32, 32))
+        torch.manual_seed(0)
+        b = uniformer_tiny(layout=layout).eval()(torch.ones(1, 1, 32, 32, 32))
+    assert torch.equal(a, b)
+
+
+def test_build_backbone_passes_checkpoint_mlp_to_every_local_block_of_a_uniformer_only():
+    from common.networks.uniformer import CBlock
+
+    def flags(net):
+        return [m.checkpoint_mlp for m in net.modules() if isinstance(m, CBlock)]
+
+    assert flags(build_backbone("uniformer", "tiny")) == [False, False]
+    assert flags(build_backbone("uniformer", "tiny", checkpoint_mlp=True)) == [True, True]
+    assert flags(build_backbone("uniformer", "small", checkpoint_mlp=True)) == [True] * 7  # UniFormer-S: 3 + 4
+    with pytest.raises(ValueError) as err:
+        build_backbone("unet3d", "tiny", checkpoint_mlp=True)
+    assert str(err.value) == "checkpoint_mlp applies to the uniformer backbone only, not 'unet3d'"
+
+
+@pytest.mark.parametrize("bundle, key", [("brainmvp", "backbone_def"), ("brainmvp_seg", "network_def"),
+                                         ("brainmvp_cls", "network_def#backbone")])  # fmt: skip
+def test_the_brainmvp_bundles_checkpoint_uniformer_mlps_by_default_and_honour_the_knob(bundle, key):
+    from monai.bundle import ConfigParser
+
+    from common.networks.uniformer import CBlock
+
+    def flags(**overrides):
+        parser = ConfigParser()
+        parser.read_config(str(REPO / "bundles" / bundle / "configs" / "train.json"))
+        parser["backbone_size"] = "tiny"
+        for k, v in overrides.items():
+            parser[k] = v
+        return [m.checkpoint_mlp for m in parser.get_parsed_content(key).modules() if isinstance(m, CBlock)]
+
+    assert flags() == [True, True]
+    assert flags(checkpoint_mlp=False) == [False, False]
+    assert flags(backbone="unet3d") == []  # UNet3D has no local blocks: the default switches itself off

@@ -128,8 +128,9 @@ def _m2mae_seg(shape: str, batch: int | None = None, edge: int | None = None, ch
     return Case("m2mae_seg", _label(f"{b}x4x{e}^3 UNETR", channels_last), b, step)
 
 
-def _brainmvp(backbone: str, layout: str = "collection") -> Callable[..., Case]:
-    """BrainMVP pre-training with ``backbone`` in ``layout`` (``official``: the authors' UniFormer, stride-2 stem)."""
+def _brainmvp(backbone: str, layout: str = "collection", checkpoint_mlp: bool = False) -> Callable[..., Case]:
+    """BrainMVP pre-training with ``backbone`` in ``layout`` (``official``: the authors' UniFormer, stride-2 stem);
+    ``checkpoint_mlp``: the local blocks' MLPs recomputed in the backward pass (same network, less memory)."""
 
     def build(shape: str, batch: int | None = None, edge: int | None = None, channels_last: bool = False) -> Case:
         from common.masking.cross_modal import cross_modal_mask, cube_mask
@@ -139,7 +140,8 @@ def _brainmvp(backbone: str, layout: str = "collection") -> Callable[..., Case]:
         paper = shape == "paper"
         b, e = batch or (1 if paper else 2), edge or (96 if paper else 32)
         size = "small" if paper else "tiny"
-        net = BrainMVP(build_backbone(backbone, size, layout=layout), ["t1", "t1ce", "t2", "flair"], (e, e, e))
+        backbone_net = build_backbone(backbone, size, layout=layout, checkpoint_mlp=checkpoint_mlp)
+        net = BrainMVP(backbone_net, ["t1", "t1ce", "t2", "flair"], (e, e, e))
         net = _cl(net, channels_last)
         opt = torch.optim.AdamW(net.parameters(), 3e-4)
         image, index, box = (
@@ -160,7 +162,7 @@ def _brainmvp(backbone: str, layout: str = "collection") -> Callable[..., Case]:
             cross_modal_mask(image[:, :1], image[:, 1:], cube_mask((e, e, e), b))
             cross_modal_mask(image[:, :1], t, cube_mask((e, e, e), b))
 
-        suffix = "" if layout == "collection" else f"_{layout}"
+        suffix = ("" if layout == "collection" else f"_{layout}") + ("_ckpt" if checkpoint_mlp else "")
         label = _label(f"{b}x1x{e}^3 {backbone}-{'S' if paper else 'tiny'}{suffix.replace('_', ' ')}", channels_last)
         return Case(f"brainmvp_{backbone}{suffix}", label, b, step, masking)
 
@@ -425,6 +427,7 @@ CASES: dict[str, Callable[..., Case]] = {
     "brainmvp_uniformer": _brainmvp("uniformer"),
     "brainmvp_unet3d": _brainmvp("unet3d"),
     "brainmvp_uniformer_official": _brainmvp("uniformer", "official"),
+    "brainmvp_uniformer_official_ckpt": _brainmvp("uniformer", "official", checkpoint_mlp=True),
     "m2mae_cls": _m2mae_cls(linear_probe=True),
     "m2mae_cls_finetune": _m2mae_cls(linear_probe=False),
     "brainmvp_seg": _brainmvp_downstream("seg"),

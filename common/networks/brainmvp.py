@@ -119,6 +119,7 @@ def build_backbone(
     skip_connections: bool = False,
     proj_dim: int | None = None,
     layout: str = "official",
+    checkpoint_mlp: bool = False,
 ) -> nn.Module:
     """BrainMVP's backbones by name, so configs choose one with a string.
 
@@ -132,6 +133,8 @@ def build_backbone(
             by ``tools/import_brainmvp_weights.py`` need) or ``collection`` (a faster, different network: the
             UniFormer paper's stride-4 stem with 8x fewer tokens per stage, GroupNorm embeddings, no final
             BatchNorm; see ``common.networks.uniformer`` and ``common.networks.unet3d`` and the bundles' docs).
+        checkpoint_mlp: UniFormer only: recompute the local blocks' MLPs in the backward pass instead of storing
+            their hidden activations (same maths and weights; less memory, a little more compute).
     """
     from common.networks.unet3d import unet3d, unet3d_tiny
     from common.networks.uniformer import uniformer_small, uniformer_tiny
@@ -147,6 +150,10 @@ def build_backbone(
     if layout not in ("collection", "official"):
         raise ValueError(f"unknown layout {layout!r} for the {name} backbone; choose from ['collection', 'official']")
     kwargs = {"skip_connections": skip_connections, "proj_dim": proj_dim, "layout": layout}
+    if checkpoint_mlp:
+        if name != "uniformer":
+            raise ValueError(f"checkpoint_mlp applies to the uniformer backbone only, not {name!r}")
+        kwargs["checkpoint_mlp"] = True
     return factories[(name, size)](in_channels, out_channels, **kwargs)
 
 

@@ -3,7 +3,8 @@
 MONAI has no UniFormer, so it is written here from its paper, in 3D, reusing MONAI's ``SABlock`` (global
 multi-head self-attention, with PyTorch's fused attention when ``use_flash_attention``) and ``MLPBlock``:
 
-* every block starts with a dynamic position embedding, a depth-wise 3x3x3 convolution added to its input;
+* every block starts with a dynamic position embedding, a depth-wise 3x3x3 convolution added to its input
+  (``DepthwiseConv3d``: ``nn.Conv3d`` with a faster CPU backward);
 * stages 1-2 use *local* relation aggregators (CBlock): 1x1x1 conv, depth-wise 5x5x5 conv, 1x1x1 conv, with
   batch norm and a convolutional MLP;
 * stages 3-4 use *global* ones (SABlock): layer norm, multi-head self-attention over all tokens, MLP;
@@ -32,8 +33,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 from monai.networks.blocks import MLPBlock, SABlock
+from torch.utils.checkpoint import checkpoint
 
 from common.networks.decoders import EncoderDecoder
+from common.networks.depthwise import DepthwiseConv3d
 
 __all__ = ["UniFormerEncoder", "UniFormer3D", "uniformer_small", "uniformer_tiny", "LAYOUTS"]
 
@@ -54,15 +57,20 @@ class ChannelLayerNorm(nn.LayerNorm):
 
 
 class CBlock(nn.Module):
-    """Local UniFormer block: DPE, local MHRA (depth-wise 5^3 conv between 1x1x1 convs), conv MLP."""
+    """Local UniFormer block: DPE, local MHRA (depth-wise 5^3 conv between 1x1x1 convs), conv MLP.
 
-    def __init__(self, dim: int, mlp_ratio: float = 4.0) -> None:
+    ``checkpoint_mlp`` recomputes the MLP's two 1x1x1 convolutions in the backward pass instead of keeping its
+    hidden activations (two tensors of ``mlp_ratio`` x the block's width at the stage's full resolution): the same
+    maths, much less memory at 1/2 and 1/4 resolution, a few percent more compute. The MLP holds no state, so the
+    recomputation is exact (the batch norms stay outside it: recomputing them would update their statistics twice).
+    """
+
+    def __init__(self, dim: int, mlp_ratio: float = 4.0, checkpoint_mlp: bool = False) -> None:
         super().__init__()
-        self.pos = nn.Conv3d(dim, dim, 3, padding=1, groups=dim)
+        self.checkpoint_mlp = checkpoint_mlp
+        self.pos = DepthwiseConv3d(dim, 3)
         self.norm1 = nn.BatchNorm3d(dim)
-        self.aggregate = nn.Sequential(
-            nn.Conv3d(dim, dim, 1), nn.Conv3d(dim, dim, 5, padding=2, groups=dim), nn.Conv3d(dim, dim, 1)
-        )
+        self.aggregate = nn.Sequential(nn.Conv3d(dim, dim, 1), DepthwiseConv3d(dim, 5), nn.Conv3d(dim, dim, 1))
         self.norm2 = nn.BatchNorm3d(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Conv3d(dim, hidden, 1), nn.GELU(), nn.Conv3d(hidden, dim, 1))
@@ -70,7 +78,10 @@ class CBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, C, D, H, W]
         x = x + self.pos(x)
         x = x + self.aggregate(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        y = self.norm2(x)
+        if self.checkpoint_mlp and torch.is_grad_enabled():
+            return x + checkpoint(self.mlp, y, use_reentrant=False)
+        return x + self.mlp(y)
 
 
 class SBlock(nn.Module):
@@ -85,7 +96,7 @@ class SBlock(nn.Module):
         eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        self.pos = nn.Conv3d(dim, dim, 3, padding=1, groups=dim)
+        self.pos = DepthwiseConv3d(dim, 3)
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = SABlock(dim, max(1, dim // head_dim), qkv_bias=True, use_flash_attention=fused_attention)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
@@ -114,6 +125,7 @@ class UniFormerEncoder(nn.Module):
         mlp_ratio: float = 4.0,
         fused_attention: bool = True,
         layout: str = "collection",
+        checkpoint_mlp: bool = False,
     ) -> None:
         super().__init__()
         self.layout = _check_layout(layout)
@@ -127,7 +139,7 @@ class UniFormerEncoder(nn.Module):
             norm = ChannelLayerNorm(dim) if official else nn.GroupNorm(1, dim)
             self.embeds.append(nn.Sequential(nn.Conv3d(prev, dim, stride, stride=stride), norm))
             block = (
-                (lambda: CBlock(dim, mlp_ratio))
+                (lambda: CBlock(dim, mlp_ratio, checkpoint_mlp))
                 if i < 2
                 else (lambda: SBlock(dim, head_dim, mlp_ratio, fused_attention, eps))
             )
@@ -164,6 +176,8 @@ class UniFormer3D(EncoderDecoder):
         fused_attention: PyTorch's fused scaled-dot-product attention (same maths as the explicit one).
         layout: ``"collection"`` (default) or ``"official"``, the BrainMVP authors' layout their released weights
             need (stride-2 stem, so the decoder's last up-sampling is 2 instead of 4; see the module docstring).
+        checkpoint_mlp: recompute the MLPs of the local blocks (stages 1-2) in the backward pass instead of storing
+            their hidden activations (see ``CBlock``): the same maths and weights, less memory, more compute.
 
     Example::
 
@@ -183,8 +197,17 @@ class UniFormer3D(EncoderDecoder):
         proj_dim: int | None = None,
         fused_attention: bool = True,
         layout: str = "collection",
+        checkpoint_mlp: bool = False,
     ) -> None:
-        encoder = UniFormerEncoder(in_channels, dims, depths, head_dim, fused_attention=fused_attention, layout=layout)
+        encoder = UniFormerEncoder(
+            in_channels,
+            dims,
+            depths,
+            head_dim,
+            fused_attention=fused_attention,
+            layout=layout,
+            checkpoint_mlp=checkpoint_mlp,
+        )
         super().__init__(encoder, dims, out_channels, skip_connections, encoder.first_stride, proj_dim)
 
 
