@@ -106,6 +106,17 @@ def test_info_nce_and_symmetric_contrastive_by_hand():
     )
 
 
+def test_contrastive_temperature_defaults_to_0_1():
+    # same f, g as above with tau = 0.1: both directions' row losses written out
+    f = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    g = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    s, tau = 1 / math.sqrt(2), 0.1
+    f_to_g = [math.log(1 + math.exp(-s / tau)), math.log(1 + math.exp((s - 1) / tau))]
+    g_to_f = [math.log(2), math.log(1 + math.exp(-1 / tau))]
+    expected = 0.5 * (sum(f_to_g) / 2 + sum(g_to_f) / 2)
+    assert modality_contrastive_loss(f, g).item() == pytest.approx(expected, rel=1e-5)
+
+
 @pytest.mark.parametrize("name", ["uniformer", "unet3d"])
 def test_backbones_shapes_skips_and_encoder_keys(name):
     pre = build_backbone(name, "tiny", skip_connections=False)
