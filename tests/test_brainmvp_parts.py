@@ -38,6 +38,12 @@ def test_cube_mask_handles_edges_not_divisible_by_r():
     assert grid.flatten(1).sum(1).tolist() == [round(0.5 * cells)] * 2
 
 
+def test_cube_mask_is_drawn_on_the_requested_device():
+    # the meta device stands in for a GPU on this CPU machine: a mask drawn elsewhere would come back on the CPU
+    m = cube_mask((8, 8, 8), 2, 4, 0.5, device="meta")
+    assert m.device.type == "meta" and m.shape == (2, 1, 8, 8, 8) and m.dtype == torch.bool
+
+
 def test_cross_modal_mask_fills_from_the_other_modality_and_keeps_the_rest():
     x_m, x_n = torch.rand(2, 1, 16, 16, 16), torch.rand(2, 1, 16, 16, 16) + 5
     mask = cube_mask((16, 16, 16), 2, 8, 0.5)
