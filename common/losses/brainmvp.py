@@ -33,6 +33,7 @@ def info_nce(f: torch.Tensor, g: torch.Tensor, temperature: float) -> torch.Tens
         temperature: tau.
     """
     logits = F.normalize(f) @ F.normalize(g).T / temperature  # [B, B]; rows normalised (F.normalize's dim=1)
+    logits = logits.float()  # as F.cross_entropy under autocast: the softmax in float32
     # L_{f_im -> g_im} = -log exp(f_i . g_i / tau) / sum_j exp(f_i . g_j / tau)  # Eq. 4
     # (cross-entropy with target i in row i, written out: no index tensor, so nothing to place on a device)
     return (logits.logsumexp(1) - logits.diagonal()).mean()
