@@ -1,5 +1,6 @@
 """BrainMVP downstream: template copies (appendix A), consistency on encoder features (Eq. 7), box tracking."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,37 @@ def test_replacement_counts_differ_and_respect_availability():
     assert not (first & ~avail).any() and not (second & ~avail).any()
     assert (first.sum(1) != second.sum(1)).all()
     assert first.sum(1).max() <= 3 and set(first.sum(1).tolist()) == {0, 1, 2, 3}
+
+
+def test_replacement_masks_by_hand_from_the_generators_draws():
+    """m = floor(u0 (k + 1)), n = floor(u1 k) shifted past m; the replaced modalities are the available ones with
+    the lowest scores, all from the generator's draws (two per sample, then one per modality)."""
+    avail = torch.tensor(
+        [[1, 1, 1, 1], [1, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0], [1, 1, 0, 1], [0, 1, 1, 1]] * 5, dtype=torch.bool
+    )
+    b, c = avail.shape
+    g = torch.Generator().manual_seed(5)
+    u, s = torch.rand(b, 2, generator=g).double().numpy(), torch.rand(b, c, generator=g).numpy()
+    first, second = replacement_masks(avail, torch.Generator().manual_seed(5))
+    for i in range(b):
+        available = np.flatnonzero(avail[i].numpy())
+        k = min(len(available), c - 1)  # one modality always stays real
+        m = int(u[i, 0] * (k + 1))
+        n = int(u[i, 1] * k)
+        n = min(n + 1 if n >= m else n, k)
+        by_score = available[np.argsort(s[i, available])]
+        assert set(np.flatnonzero(first[i].numpy())) == set(by_score[:m]), i
+        assert set(np.flatnonzero(second[i].numpy())) == set(by_score[:n]), i
+
+
+def test_copies_are_made_on_the_inputs_device():
+    # the meta device stands in for a GPU on this CPU machine; the availability vector may come from the CPU
+    first, second = replacement_masks(torch.ones(3, 4, dtype=torch.bool, device="meta"))
+    assert first.device.type == second.device.type == "meta"
+    for c in (4, 1):
+        x, t = torch.zeros(2, c, 8, 8, 8, device="meta"), torch.ones(1, c, 8, 8, 8, device="meta", dtype=torch.float64)
+        for copy in template_copies(x, t, torch.ones(c, dtype=torch.bool), 4, 0.5):
+            assert copy.device.type == "meta" and copy.dtype == torch.float32 and copy.shape == x.shape
 
 
 def test_copies_replace_channels_in_place_never_interleave():

@@ -38,6 +38,12 @@ def test_cube_mask_handles_edges_not_divisible_by_r():
     assert grid.flatten(1).sum(1).tolist() == [round(0.5 * cells)] * 2
 
 
+def test_cube_mask_is_drawn_on_the_requested_device():
+    # the meta device stands in for a GPU on this CPU machine: a mask drawn elsewhere would come back on the CPU
+    m = cube_mask((8, 8, 8), 2, 4, 0.5, device="meta")
+    assert m.device.type == "meta" and m.shape == (2, 1, 8, 8, 8) and m.dtype == torch.bool
+
+
 def test_cross_modal_mask_fills_from_the_other_modality_and_keeps_the_rest():
     x_m, x_n = torch.rand(2, 1, 16, 16, 16), torch.rand(2, 1, 16, 16, 16) + 5
     mask = cube_mask((16, 16, 16), 2, 8, 0.5)
@@ -104,6 +110,17 @@ def test_info_nce_and_symmetric_contrastive_by_hand():
     assert brainmvp_loss(torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0), 0.5, 0.25).item() == pytest.approx(
         2.75
     )
+
+
+def test_contrastive_temperature_defaults_to_0_1():
+    # same f, g as above with tau = 0.1: both directions' row losses written out
+    f = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    g = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    s, tau = 1 / math.sqrt(2), 0.1
+    f_to_g = [math.log(1 + math.exp(-s / tau)), math.log(1 + math.exp((s - 1) / tau))]
+    g_to_f = [math.log(2), math.log(1 + math.exp(-1 / tau))]
+    expected = 0.5 * (sum(f_to_g) / 2 + sum(g_to_f) / 2)
+    assert modality_contrastive_loss(f, g).item() == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("name", ["uniformer", "unet3d"])

@@ -47,6 +47,12 @@ def test_mask_ratio_is_exact_per_sample_and_independent():
     assert torch.equal(random_patch_mask(2, 9, 0.5, g1), random_patch_mask(2, 9, 0.5, g2))
 
 
+def test_random_patch_mask_is_drawn_on_the_requested_device():
+    # the meta device stands in for a GPU on this CPU machine: a mask drawn elsewhere would come back on the CPU
+    m = random_patch_mask(2, 8, 0.5, device="meta")
+    assert m.device.type == "meta" and m.shape == (2, 8) and m.dtype == torch.bool
+
+
 def test_apply_mask_with_token_or_zeros():
     x = torch.arange(12.0).reshape(1, 4, 3)
     mask = torch.tensor([[False, True, False, True]])

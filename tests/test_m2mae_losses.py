@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,6 +61,46 @@ def test_pyramid_sums_levels_over_tokens():
     assert pyramid_barlow_loss(levels, masked).item() == pytest.approx(expected.item(), rel=1e-6)
     with pytest.raises(ValueError, match="same non-zero number of levels"):
         pyramid_barlow_loss(levels, masked[:2])
+
+
+def _barlow_by_hand(a, b, weight=1.0, center=True):
+    """Eq. 4-5 in numpy: the (centred) cross-correlation, then invariance plus weighted redundancy."""
+    if center:
+        a, b = a - a.mean(0), b - b.mean(0)
+    c = (a.T @ b) / np.sqrt(((a**2).sum(0) + 1e-6)[:, None] * ((b**2).sum(0) + 1e-6)[None, :])
+    return ((1 - np.diag(c)) ** 2).sum() + weight * ((c**2).sum() - (np.diag(c) ** 2).sum())
+
+
+def test_cross_correlation_centres_by_default():
+    # Z's column means (2/3, 2/3, 1), ZM's (1, 2/3, 1): the default must subtract them (Pearson), not the raw cosine
+    z, zm = Z.double().numpy(), ZM.double().numpy()
+    a, b = z - z.mean(0), zm - zm.mean(0)
+    expected = (a.T @ b) / np.sqrt(((a**2).sum(0) + 1e-6)[:, None] * ((b**2).sum(0) + 1e-6)[None, :])
+    assert np.allclose(cross_correlation(Z, ZM).numpy(), expected, atol=1e-5)
+
+
+def test_barlow_normalisations_divide_by_width_and_matrix_size():
+    # the 3x3 case by hand (test above): "width" divides Eq. 5 by D = 3, "matrix" by D^2 = 9
+    total = (1 - 3 / math.sqrt(10)) ** 2 + 0.5**2 + 0.6**2 + 0.25 + 0.1 + 0.4 + 0.9 + 0.16 + 0.9
+    for normalize, scale in (("none", 1), ("width", 3), ("matrix", 9)):
+        got = barlow_twins_loss(Z, ZM, center=False, normalize=normalize).item()
+        assert got == pytest.approx(total / scale, abs=1e-5), normalize
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_pyramid_passes_weight_centring_and_normalisation_to_every_level(center):
+    rng = np.random.default_rng(1)
+    levels = [rng.normal(1.0, 1.0, (2, 4, 3)) for _ in range(2)]
+    masked = [rng.normal(-0.5, 1.0, (2, 4, 3)) for _ in range(2)]
+    expected = sum(_barlow_by_hand(a.reshape(8, 3), b.reshape(8, 3), 0.25, center) / 3 for a, b in zip(levels, masked))
+    got = pyramid_barlow_loss(
+        [torch.tensor(a, dtype=torch.float32) for a in levels],
+        [torch.tensor(b, dtype=torch.float32) for b in masked],
+        redundancy_weight=0.25,
+        center=center,
+        normalize="width",
+    )
+    assert got.item() == pytest.approx(expected, rel=1e-4)
 
 
 def test_discriminator_loss_is_minus_eq8_by_hand():

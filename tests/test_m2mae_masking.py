@@ -72,3 +72,43 @@ def test_mask_to_volume_and_apply_mask_touch_exactly_the_masked_patches():
     untouched[0, 1, 4:8, 0:4, 4:8] = False
     assert torch.equal(y[untouched], x[untouched])
     assert mask_to_volume(mask, (2, 2, 2), (4, 4, 4)).sum() == 64
+
+
+def test_masks_are_drawn_on_the_requested_device():
+    # the meta device stands in for a GPU on this CPU machine: any step drawn or built elsewhere fails or comes
+    # back on the CPU
+    for use_modality_mask in (True, False):
+        m = hybrid_mask(2, 4, 8, use_modality_mask, 0.5, 1 / 3, device="meta")
+        assert m.device.type == "meta" and m.dtype == torch.bool and m.shape == (2, 4, 8)
+    off = hybrid_mask(2, 4, 8, False, 0.0, 0.0, device="meta")
+    assert off.device.type == "meta" and off.dtype == torch.bool
+    assert modality_mask(2, 3, 4, device="meta").device.type == "meta"
+    assert position_mask(2, 3, 4, 0.5, device="meta").device.type == "meta"
+    assert patch_mask(torch.ones(2, 3, 4, dtype=torch.bool, device="meta"), 0.5).device.type == "meta"
+
+
+def test_the_largest_uniform_draw_still_drops_a_valid_modality(monkeypatch):
+    # torch.rand's largest float32 value is 1 - 2^-24; times C it stays below C (floor C - 1, the last modality)
+    import common.masking.hybrid as hybrid
+
+    top = 1 - 2**-24
+    for c in (2, 3, 4, 5, 7, 8):
+        assert (torch.tensor(top) * c).floor().item() == c - 1
+        monkeypatch.setattr(hybrid, "_rand", lambda shape, generator, device: torch.full(tuple(shape), top))
+        m = modality_mask(2, c, 4)
+        assert m[:, c - 1].all() and not m[:, : c - 1].any()  # the last modality, not an error
+
+
+def test_patch_mask_never_masks_a_samples_only_available_patch():
+    available = torch.zeros(3, 2, 4, dtype=torch.bool)
+    available[:, 1, 2] = True  # one visible patch per sample: round(0.9 * 1) = 1 would take it
+    assert not patch_mask(available, 0.9, gen()).any()
+    available[:, 0, 0] = True  # two (at different positions): one of them goes
+    assert patch_mask(available, 0.9, gen()).sum((1, 2)).tolist() == [1, 1, 1]
+
+
+def test_switched_off_steps_draw_nothing():
+    g = gen()
+    state = g.get_state()
+    assert not hybrid_mask(2, 4, 8, False, 0.0, 0.0, g).any()
+    assert torch.equal(g.get_state(), state)  # neither the position nor the patch step drew noise

@@ -115,3 +115,20 @@ def test_draw_match_samples():
     assert draw_match_samples(10, 2).shape == (2,)  # 2 samples are enough for a relation
     with pytest.raises(ValueError, match="at least 2 samples"):
         draw_match_samples(10, 1)
+
+
+def test_draw_match_samples_places_the_draw_on_the_generators_device_and_the_indices_on_device(monkeypatch):
+    # a CUDA generator can only draw on its own device; the indices then go to ``device``. Checked on this CPU
+    # machine with the meta device as the target and a recorder standing in for randperm.
+    assert draw_match_samples(5, 8, device="meta").device.type == "meta"  # all samples, on ``device``
+    seen = []
+    randperm = torch.randperm
+
+    def recorder(n, generator=None, device=None):
+        seen.append(device)
+        return randperm(n, generator=generator)
+
+    monkeypatch.setattr(torch, "randperm", recorder)
+    assert draw_match_samples(10, 3, torch.Generator(), device="meta").device.type == "meta"
+    assert draw_match_samples(10, 3, device="meta").device.type == "meta"
+    assert seen == [torch.device("cpu"), "meta"]  # the generator's device, else ``device``

@@ -27,8 +27,8 @@ def cross_correlation(z: torch.Tensor, z_m: torch.Tensor, center: bool = True, e
         raise ValueError(f"expected two [N, D] embeddings of one shape, got {tuple(z.shape)} and {tuple(z_m.shape)}")
     z, z_m = z.float(), z_m.float()
     if center:
-        z = z - z.mean(0, keepdim=True)
-        z_m = z_m - z_m.mean(0, keepdim=True)
+        z = z - z.mean(0)  # [N, D] - [D]: the mean broadcasts over the rows
+        z_m = z_m - z_m.mean(0)
     # C_ij = sum_b z_bi z_m_bj / (sqrt(sum_b z_bi^2) sqrt(sum_b z_m_bj^2))  # Eq. 4
     norm = torch.sqrt(z.pow(2).sum(0) + eps)[:, None] * torch.sqrt(z_m.pow(2).sum(0) + eps)[None, :]
     return (z.T @ z_m) / norm
@@ -59,7 +59,7 @@ def barlow_twins_loss(
     off_diag = c - torch.diag_embed(on_diag)
     # L^l = sum_i (1 - C_ii)^2 + sum_i sum_{j != i} C_ij^2  # Eq. 5
     loss = (1 - on_diag).pow(2).sum() + redundancy_weight * off_diag.pow(2).sum()
-    width = c.shape[0]
+    width = len(on_diag)  # D
     return loss / {"none": 1, "width": width, "matrix": width * width}[normalize]
 
 

@@ -32,9 +32,11 @@ def info_nce(f: torch.Tensor, g: torch.Tensor, temperature: float) -> torch.Tens
         g: embeddings ``[B, C]`` of the template views, row i the positive of f_i.
         temperature: tau.
     """
-    logits = F.normalize(f, dim=1) @ F.normalize(g, dim=1).T / temperature  # [B, B]
+    logits = F.normalize(f) @ F.normalize(g).T / temperature  # [B, B]; rows normalised (F.normalize's dim=1)
+    logits = logits.float()  # as F.cross_entropy under autocast: the softmax in float32
     # L_{f_im -> g_im} = -log exp(f_i . g_i / tau) / sum_j exp(f_i . g_j / tau)  # Eq. 4
-    return F.cross_entropy(logits, torch.arange(f.shape[0], device=f.device))
+    # (cross-entropy with target i in row i, written out: no index tensor, so nothing to place on a device)
+    return (logits.logsumexp(1) - logits.diagonal()).mean()
 
 
 def modality_contrastive_loss(f: torch.Tensor, g: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:

@@ -95,10 +95,10 @@ def triplet_loss(
         raise ValueError(f"expected embeddings [B, E] and labels [B], got {list(embeddings.shape)}, "
                          f"{list(labels.shape)}")  # fmt: skip
     dist = pairwise_squared_distances(embeddings)  # [B, B]
-    labels = labels.to(embeddings.device)
-    same = labels[:, None] == labels[None, :]
-    eye = torch.eye(len(labels), dtype=torch.bool, device=embeddings.device)
-    positive, negative = same & ~eye, ~same  # [B, B]
+    labels = labels.to(embeddings.device)  # pragma: no mutate (device only)
+    same = labels[:, None] == labels[None, :]  # [B, B]
+    negative = ~same
+    positive = same.fill_diagonal_(False)  # same label, not the anchor itself
     if mining == "all":
         hinge = (dist[:, :, None] + margin - dist[:, None, :]).clamp_min(0)  # Eq. 4 for (a, p, n): [B, B, B]
         valid = positive[:, :, None] & negative[:, None, :]
@@ -107,10 +107,14 @@ def triplet_loss(
     elif mining == "hard":
         hardest_pos = torch.where(positive, dist, torch.full_like(dist, -torch.inf)).amax(1)  # [B]
         hardest_neg = torch.where(negative, dist, torch.full_like(dist, torch.inf)).amin(1)  # [B]
-        valid = positive.any(1) & negative.any(1)
+        # an anchor with a positive has a negative exactly when the batch holds a second class
+        valid = positive.any(1) & negative.any()
         count = valid.sum()
         hinge = (hardest_pos + margin - hardest_neg).clamp_min(0)  # Eq. 4 per anchor
         total = torch.where(valid, hinge, torch.zeros_like(hinge)).sum()
     else:
         raise ValueError(f"mining must be 'all' or 'hard', got {mining!r}")
-    return total / count.clamp_min(1), count  # total is built from embeddings even when count == 0
+    # total is 0, and built from embeddings, when count == 0; count is never 1 (a triplet (a, p, n) comes with
+    # (p, a, n), and an anchor's positive is an anchor with the same negatives), so any floor in (0, 2] is the same
+    denominator = count.clamp_min(1)  # pragma: no mutate (count is 0 or at least 2)
+    return total / denominator, count

@@ -60,7 +60,7 @@ def sample_relation(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torc
     """
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"expected features [B, D] and [B', D], got {list(a.shape)} and {list(b.shape)}")
-    a, b = F.normalize(a.float(), dim=1, eps=eps), F.normalize(b.float(), dim=1, eps=eps)
+    a, b = F.normalize(a.float(), eps=eps), F.normalize(b.float(), eps=eps)  # rows (F.normalize's dim=1)
     return a @ b.T  # R^{i,j} = sim(z^i; z^j), cosine  # Eq. 8 / 9 / 11
 
 

@@ -45,7 +45,7 @@ def _rand(shape: Sequence[int], generator: torch.Generator | None, device: torch
 def _lowest_k(scores: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
     """Boolean mask of the ``k`` lowest ``scores`` along the last dim (per row ``k`` may differ); ``inf`` never picked."""
     # scores: [B, L]; k: int or [B]
-    rank = scores.argsort(dim=-1).argsort(dim=-1)  # rank of each entry, 0 = lowest
+    rank = scores.argsort().argsort()  # rank of each entry along the last dim, 0 = lowest
     k = torch.as_tensor(k, device=scores.device).reshape(-1, 1)
     return (rank < k) & torch.isfinite(scores)
 
@@ -71,7 +71,8 @@ def modality_mask(
     """
     if num_modalities < 2:
         raise ValueError(f"the modality mask needs at least 2 modalities, got {num_modalities}")
-    dropped = _rand((batch,), generator, device).mul(num_modalities).long().clamp_(max=num_modalities - 1)  # [B]
+    # u < 1 is at most 1 - 2^-24 (float32), and (1 - 2^-24) C rounds below C for every C < 2^24: floor(u C) <= C - 1
+    dropped = _rand((batch,), generator, device).mul(num_modalities).long()  # [B]
     onehot = torch.nn.functional.one_hot(dropped, num_modalities).bool()  # [B, C]
     return onehot[:, :, None].expand(batch, num_modalities, num_patches).clone()
 
@@ -129,15 +130,13 @@ def patch_mask(
         raise ValueError(f"patch mask ratio must be in [0, 1), got {ratio}")
     b, c, n = available.shape
     noise = _rand((b, c, n), generator, available.device)
-    keep_score = torch.where(available, noise, torch.full_like(noise, -1.0))
+    keep_score = torch.where(available, noise, -torch.inf)  # an unavailable patch is never the keeper
     keeper = torch.nn.functional.one_hot(keep_score.argmax(dim=1), c).permute(0, 2, 1).bool()  # [B, C, L]
     keeper &= available & (available.sum(1, keepdim=True) >= 2)  # a lone patch has no partner to complement it
     candidates = available & ~keeper
     n_available = available.flatten(1).sum(1)  # [B]
     k = torch.minimum((ratio * n_available.float()).round().long(), (n_available - 1).clamp_min(0))  # keep >= 1 patch
-    scores = torch.where(
-        candidates, _rand((b, c, n), generator, available.device), torch.full_like(noise, float("inf"))
-    )
+    scores = torch.where(candidates, _rand((b, c, n), generator, available.device), torch.inf)
     return _lowest_k(scores.flatten(1), k).view(b, c, n)
 
 
@@ -170,9 +169,10 @@ def hybrid_mask(
     Returns:
         bool tensor ``[B, C, L]``, ``True`` where a patch is masked.
     """
-    mask = torch.zeros(batch, num_modalities, num_patches, dtype=torch.bool, device=device)
     if use_modality_mask:
-        mask |= modality_mask(batch, num_modalities, num_patches, generator, device)
+        mask = modality_mask(batch, num_modalities, num_patches, generator, device)
+    else:
+        mask = torch.zeros(batch, num_modalities, num_patches, dtype=torch.bool, device=device)
     if position_ratio > 0:
         mask |= position_mask(batch, num_modalities, num_patches, position_ratio, generator, device)
     if patch_ratio > 0:

