@@ -60,12 +60,12 @@ def test_times_the_checkout_beside_ours_and_reports_both_rows_and_ratios(tmp_pat
     report = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True, timeout=300).stdout
     assert (ref / "models" / "constructed").read_text() == "1 32 512"  # built from the given path, as main.py
     report = report[report.index("| method |") :]
-    header, _, ref_row, *our_rows = report.strip().splitlines()[:5]
+    header, _, ref_row, *our_rows = report.strip().splitlines()[:6]
     assert header.split("|")[-3:-1] == [" time ref / ours ", " memory ref / ours "]
     ref_cells = [c.strip() for c in ref_row.split("|")[1:-1]]
     assert ref_cells[:2] == ["BrainMVP", "public reference"] and ref_cells[2].startswith("1x1x32^3 RecModel")
     assert float(ref_cells[3]) > 0 and ref_cells[-2:] == ["-", "-"]
-    cases = ["brainmvp_uniformer", "brainmvp_uniformer_official"]
+    cases = ["brainmvp_uniformer", "brainmvp_uniformer_official", "brainmvp_uniformer_official_ckpt"]
     for case, row in zip(cases, our_rows, strict=True):
         our_cells = [c.strip() for c in row.split("|")[1:-1]]
         assert our_cells[:2] == ["BrainMVP", f"this collection ({case})"] and our_cells[2].startswith("1x1x32^3")

@@ -32,6 +32,8 @@ BrainMVP (``--brainmvp_dir``: a checkout of the authors' public BrainMVP code)
     code (stride-2 patch embeddings in all four stages, features at 1/2 ... 1/16, global attention over 12^3
     tokens in stage 3), the same encoder as theirs, so that row compares implementations of one network; its
     decoder is ours (residual blocks, linear patch head), theirs is transposed convolutions only.
+    ``brainmvp_uniformer_official_ckpt``: the same network with ``checkpoint_mlp`` (the bundle's default): the
+    local blocks' MLPs are recomputed in the backward pass instead of stored.
 
     Differences kept on purpose: they step the optimiser every second iteration (``accumulation_steps 2``);
     both sides here step every iteration. Their ``main.py`` turns on ``torch.autograd.set_detect_anomaly(True)``
@@ -83,8 +85,9 @@ REFERENCE_FILES = {"brainmvp": ("models/Uniformer.py", "utils/ops.py")}
 # top-level package names of the reference code, which must come from the checkout, not from anything loaded before
 REFERENCE_PACKAGES = ("models", "utils", "losses")
 BRATS_SERIES = ("t1", "t1ce", "t2", "flair")
-# our side: the collection's network, and the authors' network in our code (the same FLOPs as theirs)
-OUR_CASES = {"brainmvp": ("brainmvp_uniformer", "brainmvp_uniformer_official")}
+# our side: the collection's network, the authors' network in our code (the same FLOPs as theirs), and the same with
+# the local blocks' MLPs recomputed in the backward pass (the brainmvp bundle's default since 0.5.0)
+OUR_CASES = {"brainmvp": ("brainmvp_uniformer", "brainmvp_uniformer_official", "brainmvp_uniformer_official_ckpt")}
 
 
 def check_checkout(path: str | Path, method: str) -> Path:
