@@ -61,8 +61,9 @@ class CBlock(nn.Module):
 
     ``checkpoint_mlp`` recomputes the MLP's two 1x1x1 convolutions in the backward pass instead of keeping its
     hidden activations (two tensors of ``mlp_ratio`` x the block's width at the stage's full resolution): the same
-    maths, much less memory at 1/2 and 1/4 resolution, a few percent more compute. The MLP holds no state, so the
-    recomputation is exact (the batch norms stay outside it: recomputing them would update their statistics twice).
+    maths, much less memory at 1/2 and 1/4 resolution, about 13 % more compute (docs/BENCHMARKS.md). The MLP holds
+    no state, so the recomputation is exact (the batch norms stay outside it: recomputing them would update their
+    statistics twice).
     """
 
     def __init__(self, dim: int, mlp_ratio: float = 4.0, checkpoint_mlp: bool = False) -> None:
